@@ -1,0 +1,1 @@
+"""Permafrost: a research-data preservation archive."""

@@ -1,0 +1,174 @@
+"""Configuration: one ``Settings`` object, built once and passed down.
+
+Sources, strongest first: ``PERMAFROST_*`` environment variables (nested with
+``__``, e.g. ``PERMAFROST_TIERS__HOT__BUCKET``), then a TOML file found via
+``--config``, ``PERMAFROST_CONFIG`` or ``./permafrost.toml``. With no file at all
+the archive is embedded: SQLite and two local folder tiers under ``./permafrost-data``.
+Unknown keys are rejected loudly, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from archive.errors import ConfigError
+
+CONFIG_FILE_NAME = "permafrost.toml"
+MiB = 1024 * 1024
+
+Role = Literal["hot", "cold", "partner"]
+
+
+class _TierBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = "hot"
+    region: str | None = None
+
+    def backend_settings(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`tiers.open_tier` (secrets revealed)."""
+        out: dict[str, Any] = {}
+        for field in type(self).model_fields:
+            if field in ("kind", "role", "region"):
+                continue
+            value = getattr(self, field)
+            out[field] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return out
+
+    def public_settings(self) -> dict[str, Any]:
+        """Settings safe to store in the catalog or print: no secrets."""
+        data = self.model_dump(mode="json", exclude={"kind", "role", "region"})
+        return {k: v for k, v in data.items() if v is not None and "secret" not in k}
+
+
+class LocalTierConfig(_TierBase):
+    kind: Literal["local"] = "local"
+    path: Path
+    fsync: bool = True
+    """Flush file and folder to disk before a promote returns (only turn off for tests)."""
+
+
+class S3TierConfig(_TierBase):
+    kind: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=3)
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    profile: str | None = None
+    storage_class: str | None = None
+    prefix: str = ""
+    checksum_calculation: Literal["when_supported", "when_required"] = "when_required"
+    """boto3's ``request_checksum_calculation``: some S3-compatible stores reject its defaults."""
+    multipart_threshold: int = Field(default=64 * MiB, ge=5 * MiB)
+    multipart_chunksize: int = Field(default=16 * MiB, ge=5 * MiB)
+    create_bucket: bool = False
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+
+
+TierConfig = Annotated[LocalTierConfig | S3TierConfig, Field(discriminator="kind")]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PERMAFROST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("permafrost-data")
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<data_dir>/catalog.db``."""
+    tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    hot_tier: str = "hot"
+    """The tier that ingest writes to."""
+    zstd_level: int = Field(default=3, ge=1, le=22)
+    pack_below: int = Field(default=1 * MiB, ge=0)
+    """Blobs smaller than this are written into pack objects on the hot tier (0: never)."""
+    pack_size: int = Field(default=64 * MiB, ge=1 * MiB)
+    ingest_threads: int = Field(default=0, ge=0)
+    """Threads that read and hash small files (0: one per core, at least 2)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_token: SecretStr | None = None
+    """When set, the HTTP API requires ``Authorization: Bearer <token>``."""
+    organization: str = "Permafrost"
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'catalog.db'}"
+        if not self.tiers:
+            self.tiers = {
+                "hot": LocalTierConfig(path=self.data_dir / "tiers" / "hot", role="hot"),
+                "cold": LocalTierConfig(path=self.data_dir / "tiers" / "cold", role="cold"),
+            }
+        if self.hot_tier not in self.tiers:
+            raise ValueError(
+                f"hot_tier {self.hot_tier!r} is not a declared tier ({', '.join(self.tiers)})"
+            )
+        return self
+
+    @property
+    def catalog_url(self) -> str:
+        assert self.database_url is not None
+        return self.database_url
+
+
+def find_config_file(explicit: Path | None = None) -> Path | None:
+    """The config file to read: ``--config``, else ``PERMAFROST_CONFIG``, else ``./permafrost.toml``."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file not found: {explicit}")
+        return explicit
+    from_env = os.environ.get("PERMAFROST_CONFIG")
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"PERMAFROST_CONFIG names a missing file: {path}")
+        return path
+    here = Path(CONFIG_FILE_NAME)
+    return here if here.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once, from the file, the environment and explicit overrides.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a value is invalid.
+    """
+    path = find_config_file(config_file)
+
+    class _Settings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    try:
+        built = _Settings(**overrides)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return Settings.model_validate(built.model_dump())

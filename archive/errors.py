@@ -1,0 +1,90 @@
+"""Errors of the archive services.
+
+Each error knows how it surfaces: ``exit_code`` for the CLI (0 ok, 1 integrity
+failure, 2 bad usage or bad input) and ``http_status`` for the API::
+
+    PermafrostError                     exit 2, HTTP 500
+    ├── InvalidInput                    exit 2, HTTP 422: the caller's input is wrong
+    │   ├── InvalidPath(path, reason)   a path that may not enter the archive
+    │   ├── UnsupportedFile(path, reason)  symlink out of tree, FIFO, device, unreadable
+    │   └── PathCollision(paths)        two paths equal after NFC normalisation
+    ├── NotFound                        exit 2, HTTP 404: no such collection/dataset/version/file
+    ├── Conflict                        exit 2, HTTP 409
+    │   └── MissingBlobs(digests)       a version names content the archive lacks
+    ├── ConfigError                     exit 2: the configuration is unusable
+    ├── IntegrityError                  exit 1, HTTP 500: stored bytes fail their digest
+    │   └── BlobDigestMismatch(b3, algorithm, expected, found)
+    └── Unavailable                     exit 1, HTTP 503: no readable copy right now
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PermafrostError(Exception):
+    exit_code: int = 2
+    http_status: int = 500
+
+
+class InvalidInput(PermafrostError):
+    http_status = 422
+
+
+class InvalidPath(InvalidInput):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"invalid path {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnsupportedFile(InvalidInput):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot ingest {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class PathCollision(InvalidInput):
+    def __init__(self, paths: Sequence[str]) -> None:
+        super().__init__(
+            "paths collide after Unicode NFC normalisation: " + ", ".join(map(repr, paths))
+        )
+        self.paths = list(paths)
+
+
+class NotFound(PermafrostError):
+    http_status = 404
+
+
+class Conflict(PermafrostError):
+    http_status = 409
+
+
+class MissingBlobs(Conflict):
+    def __init__(self, digests: Sequence[str]) -> None:
+        shown = ", ".join(digests[:5]) + (" ..." if len(digests) > 5 else "")
+        super().__init__(f"{len(digests)} blob(s) not in the archive: {shown}")
+        self.digests = list(digests)
+
+
+class ConfigError(PermafrostError):
+    pass
+
+
+class IntegrityError(PermafrostError):
+    exit_code = 1
+
+
+class BlobDigestMismatch(IntegrityError):
+    def __init__(self, b3: str, algorithm: str, expected: str, found: str) -> None:
+        super().__init__(f"blob {b3}: {algorithm} expected {expected}, found {found}")
+        self.b3 = b3
+        self.algorithm = algorithm
+        self.expected = expected
+        self.found = found
+
+
+class Unavailable(PermafrostError):
+    exit_code = 1
+    http_status = 503

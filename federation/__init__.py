@@ -1,0 +1,1 @@
+"""Federation with partner institutions (issue 5)."""

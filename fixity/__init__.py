@@ -1,0 +1,1 @@
+"""Fixity auditors (issue 4): scheduled re-verification and repair."""
