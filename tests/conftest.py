@@ -1,0 +1,6 @@
+"""Fixtures shared by every test package; each lives in tests/support/."""
+
+pytest_plugins = [
+    "tests.support.s3server",
+    "tests.support.database",
+]

@@ -1,0 +1,1 @@
+"""Catalog database fixtures (filled in by the migrations work)."""

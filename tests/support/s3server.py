@@ -1,0 +1,1 @@
+"""S3 server fixtures (filled in by the tiers work)."""
