@@ -88,3 +88,14 @@ class BlobDigestMismatch(IntegrityError):
 class Unavailable(PermafrostError):
     exit_code = 1
     http_status = 503
+
+
+class InvalidTree(InvalidInput):
+    """Everything wrong with a folder offered for ingest, reported at once (nothing stored)."""
+
+    def __init__(self, problems: Sequence[InvalidInput]) -> None:
+        lines = [str(p) for p in problems[:20]]
+        if len(problems) > 20:
+            lines.append(f"... and {len(problems) - 20} more")
+        super().__init__(f"{len(problems)} problem(s), nothing was stored:\n  " + "\n  ".join(lines))
+        self.problems = list(problems)

@@ -1,0 +1,199 @@
+"""Storing new blobs on the hot tier and recording them in the catalog.
+
+Order matters for crash safety: bytes are made durable in the tier first (a pack
+or a loose blob, promoted atomically), then their Blob, Pack and Replica rows are
+committed in a transaction of their own. So a blob row never exists without its
+bytes, and a rerun after a crash finds what was already stored in the catalog and
+does not store it again. Bytes stored but not yet recorded when a crash hit are
+unreferenced: a loose one is adopted on the next try (after its digest is proven),
+a pack is swept by ``permafrost gc``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from archive.catalog import models
+from archive.catalog.bulk import insert_ignore
+from archive.catalog.db import session_scope
+from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.encoding import BlobDigest
+from archive.errors import BlobDigestMismatch
+from archive.packs import PackWriter, SealedPack, blob_key, pack_key
+from archive.retrieval import Location, Verifier, read_stored
+from tiers import Tier
+
+AGENT = "permafrost/ingest"
+
+
+def known_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
+    """Which of these addresses the catalog already holds (with bytes stored)."""
+    wanted = list(set(b3s))
+    found: set[str] = set()
+    for i in range(0, len(wanted), 900):
+        batch = wanted[i : i + 900]
+        found.update(
+            session.exec(
+                select(models.Blob.b3).where(models.Blob.b3.in_(batch))  # type: ignore[attr-defined]
+            ).all()
+        )
+    return found
+
+
+def _blob_rows(digests: Iterable[BlobDigest], now: dt.datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "b3": d.b3,
+            "sha256": d.sha256,
+            "size": d.size,
+            "stored_size": d.stored_size,
+            "stored_b3": d.stored_b3,
+            "codec": d.codec,
+            "created_at": now,
+        }
+        for d in digests
+    ]
+
+
+def _digest_events(digests: Iterable[BlobDigest], tier: str, now: dt.datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": EventType.MESSAGE_DIGEST_CALCULATION,
+            "object_type": "blob",
+            "object_id": d.b3,
+            "tier": tier,
+            "outcome": EventOutcome.SUCCESS,
+            "detail": {"blake3": d.b3, "sha256": d.sha256, "size": d.size, "codec": d.codec},
+            "agent": AGENT,
+            "created_at": now,
+        }
+        for d in digests
+    ]
+
+
+def _replica_row(tier_id: int, key: str, now: dt.datetime, **target: str) -> dict[str, Any]:
+    return {
+        **{"blob_b3": None, "pack_id": None},
+        **target,
+        "tier_id": tier_id,
+        "state": ReplicaState.PRESENT,
+        "key": key,
+        "last_verified_at": now,
+        "next_audit_at": None,
+        "failures": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def record_loose(digest: BlobDigest, *, tier: str, tier_id: int, session: Session) -> None:
+    now = utcnow()
+    insert_ignore(session, models.Blob, _blob_rows([digest], now))
+    insert_ignore(
+        session, models.Replica, [_replica_row(tier_id, blob_key(digest.b3), now, blob_b3=digest.b3)]
+    )
+    insert_ignore(session, models.Event, _digest_events([digest], tier, now))
+
+
+def record_pack(pack: SealedPack, *, tier: str, tier_id: int, session: Session) -> None:
+    now = utcnow()
+    digests = [m.digest for m in pack.members]
+    insert_ignore(session, models.Blob, _blob_rows(digests, now))
+    insert_ignore(
+        session,
+        models.Pack,
+        [{"id": pack.id, "size": pack.size, "member_count": len(pack.members), "created_at": now}],
+    )
+    insert_ignore(
+        session,
+        models.PackMember,
+        [
+            {"pack_id": pack.id, "blob_b3": m.digest.b3, "offset": m.offset, "length": m.length}
+            for m in pack.members
+        ],
+    )
+    insert_ignore(
+        session, models.Replica, [_replica_row(tier_id, pack_key(pack.id), now, pack_id=pack.id)]
+    )
+    insert_ignore(session, models.Event, _digest_events(digests, tier, now))
+
+
+def adopt_existing(tier: Tier, b3: str) -> BlobDigest:
+    """Prove an unrecorded loose blob (left by a crash) and return its digests.
+
+    The object is decoded and every digest recomputed, so nothing is recorded
+    that does not hash to its address.
+
+    Raises:
+        BlobDigestMismatch: the object does not decode to ``b3``.
+    """
+    key = blob_key(b3)
+    with tier.open(key, length=4) as head:
+        magic = head.read(4)
+    codec = "zstd" if magic == b"\x28\xb5\x2f\xfd" else "raw"
+    info = tier.stat(key)
+    attempts = [codec, "raw"] if codec == "zstd" else ["raw"]
+    last: BlobDigestMismatch | None = None
+    for attempt in attempts:
+        probe = models.Blob(
+            b3=b3, sha256="", size=-1, stored_size=info.size, stored_b3="", codec=attempt
+        )
+        verifier = Verifier(probe)
+        try:
+            for chunk in read_stored(tier, Location(tier.name, "hot", key)):
+                verifier.feed(chunk)
+        except BlobDigestMismatch as exc:
+            last = exc
+            continue
+        found = verifier.digests()
+        if found.b3 == b3:
+            return found
+        last = BlobDigestMismatch(b3, "blake3", b3, found.b3)
+    assert last is not None
+    raise last
+
+
+@dataclass
+class BlobSink:
+    """Collects new blobs during one ingest: small ones into packs, large ones loose."""
+
+    tier: Tier
+    tier_id: int
+    engine: sa.Engine
+    pack_size: int
+    stored: dict[str, BlobDigest] = field(default_factory=dict)
+    _writer: PackWriter | None = None
+
+    def add_small(self, digest: BlobDigest, data: bytes) -> None:
+        if digest.b3 in self.stored:
+            return
+        if self._writer is None:
+            self._writer = PackWriter(self.tier)
+        self._writer.add(digest, data)
+        self.stored[digest.b3] = digest
+        if self._writer.size >= self.pack_size:
+            self.flush()
+
+    def recorded_loose(self, digest: BlobDigest) -> None:
+        """A loose blob was promoted: record it now so a crash after this keeps it."""
+        with session_scope(self.engine) as session:
+            record_loose(digest, tier=self.tier.name, tier_id=self.tier_id, session=session)
+        self.stored[digest.b3] = digest
+
+    def flush(self) -> None:
+        if self._writer is None or self._writer.empty:
+            return
+        pack = self._writer.seal()
+        if pack is not None:
+            with session_scope(self.engine) as session:
+                record_pack(pack, tier=self.tier.name, tier_id=self.tier_id, session=session)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()

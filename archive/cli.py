@@ -1,0 +1,390 @@
+"""The ``permafrost`` command.
+
+In local mode every command calls the same service functions the HTTP API calls.
+Exit codes: 0 ok, 1 verification or integrity failure, 2 bad usage or bad input.
+Every read command takes ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from archive.checkout import checkout, stream_blob, write_file
+from archive.config import Settings, load_settings
+from archive.datasets import (
+    get_dataset,
+    get_entry,
+    get_version,
+    iter_entries,
+    list_datasets,
+    list_versions,
+    parse_ref,
+)
+from archive.errors import PermafrostError
+from archive.ingest import ingest_tree
+from archive.node import ArchiveNode
+from archive.replicas import replicas_of_version
+from archive.verify import verify_version
+
+app = typer.Typer(
+    name="permafrost",
+    help="Permafrost: a research-data preservation archive.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Catalog database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+class State:
+    config: Path | None = None
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file (default: $PERMAFROST_CONFIG or ./permafrost.toml)."),
+    ] = None,
+) -> None:
+    state.config = config
+    state._settings = None
+
+
+@contextmanager
+def _node() -> Iterator[ArchiveNode]:
+    node = ArchiveNode.open(state.settings)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+def _emit(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[files]} files"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+
+
+class _RichIngestProgress:
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+        self.files = 0
+        self.total_files = 0
+
+    def started(self, files: int, total_bytes: int) -> None:
+        self.total_files = files
+        self.task = self.progress.add_task("ingest", total=total_bytes, files=f"0/{files}")
+
+    def advanced(self, files: int, nbytes: int) -> None:
+        assert self.task is not None
+        self.files += files
+        self.progress.update(
+            self.task, advance=nbytes, files=f"{self.files}/{self.total_files}"
+        )
+
+
+@app.command()
+def init() -> None:
+    """Create the catalog and tier folders of the configured archive (the embedded default)."""
+    with _node() as node:
+        s = node.settings
+        console.print(f"[green]Archive ready.[/] Catalog: {s.catalog_url}")
+        for name, tier in s.tiers.items():
+            where = getattr(tier, "path", None) or getattr(tier, "bucket", "")
+            console.print(f"  tier [bold]{name}[/] ({tier.kind}, {tier.role}): {where}")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="Folder (or file) to ingest.")],
+    collection: Annotated[str, typer.Option("--collection", "-C", help="Collection name.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-D", help="Dataset name.")],
+    message: Annotated[str, typer.Option("--message", "-m", help="What changed.")] = "",
+    title: Annotated[str | None, typer.Option(help="Dataset title.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest a folder as the next version of COLLECTION/DATASET."""
+    ref = parse_ref(f"{collection}/{dataset}")
+    with _node() as node, _progress() as progress:
+        report = ingest_tree(
+            node, path, ref, message=message, title=title,
+            progress=_RichIngestProgress(progress),
+        )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if as_json:
+        _emit(report.as_dict())
+        return
+    verb = "committed" if report.created else "unchanged, still"
+    out.print(
+        f"{report.dataset}@v{report.version} {verb}: {report.files} files, "
+        f"{_size(report.bytes)}; stored {report.new_blobs} new blobs "
+        f"({_size(report.new_bytes)} -> {_size(report.stored_bytes)}), "
+        f"{report.deduplicated} already archived; {report.seconds:.1f} s"
+    )
+
+
+@app.command("ls")
+def ls_(
+    collection: Annotated[str | None, typer.Argument(help="Only this collection.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List datasets (and their latest version)."""
+    with _node() as node, node.session() as session:
+        rows = []
+        for coll, ds in list_datasets(collection, session=session):
+            assert ds.id is not None
+            versions = list_versions(ds.id, session=session)
+            latest = versions[-1] if versions else None
+            rows.append({
+                "id": f"{coll}/{ds.name}",
+                "pid": ds.pid,
+                "title": ds.title,
+                "versions": len(versions),
+                "latest": latest.number if latest else None,
+                "files": latest.file_count if latest else 0,
+                "bytes": latest.total_size if latest else 0,
+                "updated": latest.created_at.isoformat() if latest else None,
+            })
+    if as_json:
+        _emit(rows)
+        return
+    table = Table("dataset", "versions", "files", "size", "updated", "title")
+    for r in rows:
+        table.add_row(r["id"], str(r["versions"]), str(r["files"]), _size(r["bytes"]),
+                      (r["updated"] or "")[:19], r["title"])
+    out.print(table)
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="COLLECTION/DATASET[@vN]")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a dataset: versions, files with size, BLAKE3, SHA-256, and replicas."""
+    r = parse_ref(ref)
+    with _node() as node, node.session() as session:
+        ds = get_dataset(r.collection, r.dataset, session=session)
+        assert ds.id is not None
+        version = get_version(ds, r.version, session=session)
+        assert version.id is not None
+        replicas = replicas_of_version(version.id, session=session)
+        data = {
+            "id": f"{r.collection}/{r.dataset}",
+            "pid": ds.pid,
+            "title": ds.title,
+            "metadata": ds.metadata_,
+            "versions": [
+                {"number": v.number, "created": v.created_at.isoformat(), "message": v.message,
+                 "files": v.file_count, "bytes": v.total_size, "manifest_b3": v.manifest_b3}
+                for v in list_versions(ds.id, session=session)
+            ],
+            "version": version.number,
+            "files": [
+                {"path": e.path, "size": e.size, "blake3": e.b3, "sha256": e.sha256,
+                 "stored_size": e.stored_size, "codec": e.codec,
+                 "replicas": replicas.get(e.b3, [])}
+                for e in iter_entries(version.id, session=session)
+            ],
+        }
+    if as_json:
+        _emit(data)
+        return
+    out.print(f"[bold]{data['id']}[/]  {data['pid']}  {data['title']}")
+    for v in data["versions"]:
+        mark = "*" if v["number"] == data["version"] else " "
+        out.print(f" {mark} v{v['number']}  {v['created'][:19]}  {v['files']} files  "
+                  f"{_size(v['bytes'])}  {v['message']}")
+    table = Table("path", "size", "blake3", "sha256", "replicas")
+    for column in table.columns:
+        column.overflow = "fold"
+    for f in data["files"]:
+        copies = ", ".join(f"{c['tier']}:{c['state']}" for c in f["replicas"])
+        table.add_row(f["path"], _size(f["size"]), f["blake3"], f["sha256"], copies)
+    out.print(table)
+
+
+@app.command()
+def get(
+    ref: Annotated[str, typer.Argument(help="COLLECTION/DATASET[@vN]")],
+    path: Annotated[str | None, typer.Argument(help="A file or folder in the version.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write ('-': stdout).")] = Path("."),
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Get exact bytes back: one file, a folder, or the whole version, every digest verified."""
+    r = parse_ref(ref)
+    with _node() as node, node.session() as session:
+        ds = get_dataset(r.collection, r.dataset, session=session)
+        version = get_version(ds, r.version, session=session)
+        assert version.id is not None
+        problems: list[str] = []
+        if path is not None and str(output) == "-":
+            entry = get_entry(version.id, path, session=session)
+            sink = sys.stdout.buffer
+            for chunk in stream_blob(entry.b3, session=session, tiers=node.tiers, problems=problems):
+                sink.write(chunk)
+            sink.flush()
+            files, nbytes = 1, entry.size
+        elif path is not None and _is_entry(version.id, path, session):
+            entry = get_entry(version.id, path, session=session)
+            dest = output / Path(path).name if output.is_dir() else output
+            write_file(entry, dest, session=session, tiers=node.tiers, problems=problems,
+                       overwrite=overwrite)
+            files, nbytes = 1, entry.size
+        else:
+            with _progress() as progress:
+                task = progress.add_task("get", total=version.total_size, files="")
+                report = checkout(
+                    version, output, session=session, tiers=node.tiers, prefix=path or "",
+                    overwrite=overwrite, on_file=lambda n: progress.update(task, advance=n),
+                )
+            files, nbytes, problems = report.files, report.bytes, report.problems
+    for p in problems:
+        console.print(f"[yellow]warning:[/] a copy failed and another was used: {p}")
+    if as_json:
+        _emit({"files": files, "bytes": nbytes, "problems": problems})
+    elif str(output) != "-":
+        out.print(f"wrote {files} file(s), {_size(nbytes)}, all digests verified")
+
+
+def _is_entry(version_id: int, path: str, session: Any) -> bool:
+    try:
+        get_entry(version_id, path, session=session)
+    except PermafrostError:
+        return False
+    return True
+
+
+@app.command()
+def verify(
+    ref: Annotated[str, typer.Argument(help="COLLECTION/DATASET[@vN]")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-read every stored copy of every blob of a version now and report. Exit 1 on damage."""
+    r = parse_ref(ref)
+    with _node() as node, node.session() as session:
+        ds = get_dataset(r.collection, r.dataset, session=session)
+        version = get_version(ds, r.version, session=session)
+        with _progress() as progress:
+            task = progress.add_task("verify", total=version.total_size, files="")
+            report = verify_version(
+                version, session=session, tiers=node.tiers,
+                on_blob=lambda n: progress.update(task, advance=n),
+            )
+    failures = report.failures
+    if as_json:
+        _emit({
+            "dataset": f"{r.collection}/{r.dataset}", "version": version.number,
+            "blobs": report.blobs, "copies": report.copies, "bytes": report.bytes,
+            "ok": not failures,
+            "failures": [c.__dict__ for c in failures],
+            "lost": report.blobs_without_good_copy,
+        })
+    else:
+        out.print(f"{r.collection}/{r.dataset}@v{version.number}: {report.blobs} blobs, "
+                  f"{report.copies} copies checked, {len(failures)} failed")
+        for c in failures:
+            out.print(f"[red]FAILED[/] {c.b3} on {c.tier} ({c.key}): {c.detail}")
+        if report.blobs_without_good_copy:
+            out.print(f"[red bold]{len(report.blobs_without_good_copy)} blob(s) have no good copy[/]")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from config).")] = None,
+) -> None:
+    """Run the HTTP API (OpenAPI at /docs)."""
+    import uvicorn
+
+    settings = state.settings
+    with _node():
+        pass  # migrate the catalog and create tiers before accepting requests
+    if state.config is not None:
+        os.environ["PERMAFROST_CONFIG"] = str(state.config.resolve())
+    bind_host, bind_port = host or settings.host, port or settings.port
+    console.print(f"Permafrost serving on http://{bind_host}:{bind_port} (API docs at /docs)")
+    uvicorn.run("web.app:create_app", factory=True, host=bind_host, port=bind_port)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Migrate the catalog database to the latest schema."""
+    from archive.catalog.migrate import current_revision, upgrade
+
+    url = state.settings.catalog_url
+    upgrade(url, revision)
+    out.print(f"catalog at revision {current_revision(url)}")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    try:
+        app()
+    except PermafrostError as exc:
+        console.print("[red]error:[/]", end=" ")
+        console.print(str(exc), markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Ingest: a folder on disk becomes a new, immutable dataset version.
+
+1. Scan and validate the whole tree (archive.scan); refuse it whole on any problem.
+2. Encode every file in one read (archive.encoding): small files on a thread pool
+   into packs, large files through the streaming lanes as loose blobs. Content the
+   catalog already holds is not stored again. A large file whose path and size
+   match the previous version is first hashed alone (BLAKE3 over mmap, cheap): if
+   unchanged it is never compressed or written.
+3. Stored bytes are durable and recorded before the version is committed
+   (archive.blobstore), so a crash leaves no visible version and a rerun resumes.
+4. Commit the version and its hash-chained manifest in one transaction
+   (archive.datasets.commit_version).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import blake3
+import sqlalchemy as sa
+
+from archive.blobstore import BlobSink, adopt_existing, known_blobs
+from archive.datasets import (
+    DatasetRef,
+    NewEntry,
+    commit_version,
+    get_dataset,
+    get_version,
+    iter_entries,
+)
+from archive.encoding import CHUNK, BlobDigest, Encoder, pays
+from archive.errors import NotFound, UnsupportedFile
+from archive.node import ArchiveNode
+from archive.packs import blob_key
+from archive.scan import SourceFile, scan_tree
+from tiers import ObjectExists
+
+SAMPLE = 1024 * 1024
+WINDOW_FILES = 64
+BATCH_BYTES = 32 * 1024 * 1024
+
+
+class IngestProgress(Protocol):
+    def started(self, files: int, total_bytes: int) -> None: ...
+
+    def advanced(self, files: int, nbytes: int) -> None: ...
+
+
+@dataclass
+class IngestReport:
+    dataset: str
+    version: int
+    created: bool
+    files: int = 0
+    bytes: int = 0
+    new_blobs: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+    deduplicated: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class _Prior:
+    b3: str
+    sha256: str
+    size: int
+    stored_size: int
+    codec: str
+
+
+def _previous_entries(node: ArchiveNode, ref: DatasetRef) -> dict[str, _Prior]:
+    with node.session() as session:
+        try:
+            dataset = get_dataset(ref.collection, ref.dataset, session=session)
+            version = get_version(dataset, None, session=session)
+        except NotFound:
+            return {}
+        assert version.id is not None
+        return {
+            e.path: _Prior(e.b3, e.sha256, e.size, e.stored_size, e.codec)
+            for e in iter_entries(version.id, session=session)
+        }
+
+
+class _Ingest:
+    def __init__(self, node: ArchiveNode, progress: IngestProgress | None) -> None:
+        self.node = node
+        self.progress = progress
+        settings = node.settings
+        self.level = settings.zstd_level
+        with node.session() as session:
+            tier_id = node.tier_ids(session=session)[settings.hot_tier]
+        self.sink = BlobSink(node.hot, tier_id, node.engine, settings.pack_size)
+        self.threads = settings.ingest_threads or max(2, os.cpu_count() or 2)
+        self._local = threading.local()
+        self.digests: dict[str, BlobDigest] = {}
+        self.deduplicated = 0
+
+    def _encoder(self) -> Encoder:
+        enc: Encoder | None = getattr(self._local, "encoder", None)
+        if enc is None:
+            enc = self._local.encoder = Encoder(self.level, threads=self.threads)
+        return enc
+
+    def _advance(self, files: int, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress.advanced(files, nbytes)
+
+    # -- small files: whole in memory, packed ---------------------------------------
+    def _read_small(self, f: SourceFile) -> tuple[SourceFile, BlobDigest, bytes]:
+        try:
+            with open(f.abspath, "rb") as fh:
+                data = fh.read(f.size + 1)
+        except OSError as exc:
+            raise UnsupportedFile(f.path, exc.strerror or str(exc)) from exc
+        if len(data) != f.size:
+            raise UnsupportedFile(f.path, "file changed while being read")
+        digest, stored = self._encoder().encode_bytes(data)
+        return f, digest, stored
+
+    def small(self, files: list[SourceFile]) -> None:
+        batch: list[tuple[SourceFile, BlobDigest, bytes]] = []
+        batch_bytes = 0
+        for item in _bounded_map(self._read_small, files, self.threads, WINDOW_FILES):
+            batch.append(item)
+            batch_bytes += len(item[2])
+            if batch_bytes >= BATCH_BYTES or len(batch) >= 512:
+                self._store_small(batch)
+                batch, batch_bytes = [], 0
+        self._store_small(batch)
+
+    def _store_small(self, batch: list[tuple[SourceFile, BlobDigest, bytes]]) -> None:
+        if not batch:
+            return
+        with self.node.session() as session:
+            known = known_blobs((d.b3 for _, d, _ in batch), session=session)
+        for f, digest, stored in batch:
+            self.digests[f.path] = digest
+            if digest.b3 in known or digest.b3 in self.sink.stored:
+                self.deduplicated += 1
+            else:
+                self.sink.add_small(digest, stored)
+            self._advance(1, f.size)
+
+    # -- large files: streamed, loose ------------------------------------------------
+    def large(self, f: SourceFile, prior: _Prior | None) -> None:
+        if prior is not None and prior.size == f.size:
+            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            hasher.update_mmap(f.abspath)
+            if hasher.hexdigest() == prior.b3 and self._known(prior.b3):
+                self.digests[f.path] = BlobDigest(
+                    prior.b3, prior.sha256, prior.size, prior.stored_size, "", prior.codec
+                )
+                self.deduplicated += 1
+                self._advance(1, f.size)
+                return
+        digest = self._encode_large(f)
+        self.digests[f.path] = digest
+        self._advance(1, f.size)
+
+    def _known(self, b3: str) -> bool:
+        if b3 in self.sink.stored:
+            return True
+        with self.node.session() as session:
+            return bool(known_blobs([b3], session=session))
+
+    def _encode_large(self, f: SourceFile) -> BlobDigest:
+        tier = self.node.hot
+        encoder = self._encoder()
+        try:
+            with open(f.abspath, "rb") as fh:
+                first = fh.read(CHUNK)
+                compress = encoder.looks_compressible(first[:SAMPLE])
+                while True:
+                    with tier.begin_put() as upload:
+                        digest = encoder.encode_stream(
+                            fh, f.size, upload, first=first, compress=compress
+                        )
+                        if compress and not pays(digest.size, digest.stored_size):
+                            # The sample misled us: store it raw (the one case read twice).
+                            upload.abort()
+                            fh.seek(0)
+                            first, compress = fh.read(CHUNK), False
+                            continue
+                        if self._known(digest.b3):
+                            upload.abort()
+                            self.deduplicated += 1
+                            return digest
+                        try:
+                            upload.promote(blob_key(digest.b3), expect_b3=digest.stored_b3)
+                        except ObjectExists:
+                            digest = adopt_existing(tier, digest.b3)
+                    break
+        except OSError as exc:
+            raise UnsupportedFile(f.path, exc.strerror or str(exc)) from exc
+        self.sink.recorded_loose(digest)
+        return digest
+
+
+def _bounded_map(
+    fn: Callable[[SourceFile], tuple[SourceFile, BlobDigest, bytes]],
+    items: list[SourceFile],
+    threads: int,
+    window: int,
+) -> Iterator[tuple[SourceFile, BlobDigest, bytes]]:
+    """``map`` on a thread pool, in order, with at most ``window`` results in memory."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest") as pool:
+        pending: deque[Future[tuple[SourceFile, BlobDigest, bytes]]] = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+
+
+def ingest_tree(
+    node: ArchiveNode,
+    root: Path,
+    ref: DatasetRef,
+    *,
+    message: str = "",
+    title: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    progress: IngestProgress | None = None,
+    agent: str = "permafrost/cli",
+) -> IngestReport:
+    """Ingest a folder (or one file) as the next version of ``ref``.
+
+    Raises:
+        InvalidTree: the tree holds paths or files that may not enter the archive.
+        UnsupportedFile: a file could not be read, or changed while read.
+    """
+    started = time.perf_counter()
+    scan = scan_tree(root)
+    if progress is not None:
+        progress.started(len(scan.files), scan.total_bytes)
+    prior = _previous_entries(node, ref)
+    job = _Ingest(node, progress)
+    limit = node.settings.pack_below
+    try:
+        job.small([f for f in scan.files if f.size < limit])
+        for f in scan.files:
+            if f.size >= limit:
+                job.large(f, prior.get(f.path))
+        job.sink.flush()
+    except BaseException:
+        job.sink.abort()
+        raise
+    entries = [
+        NewEntry(f.path, job.digests[f.path].b3, job.digests[f.path].sha256, f.size)
+        for f in scan.files
+    ]
+    for attempt in (1, 2):
+        try:
+            with node.session() as session:
+                result = commit_version(
+                    ref,
+                    entries,
+                    session=session,
+                    tier=node.hot,
+                    message=message,
+                    title=title,
+                    metadata=metadata,
+                    agent=agent,
+                )
+                version_number = result.version.number
+            break
+        except sa.exc.IntegrityError:
+            if attempt == 2:
+                raise  # a concurrent commit won twice in a row: let the caller retry
+    new = job.sink.stored.values()
+    return IngestReport(
+        dataset=f"{ref.collection}/{ref.dataset}",
+        version=version_number,
+        created=result.created,
+        files=len(scan.files),
+        bytes=scan.total_bytes,
+        new_blobs=len(job.sink.stored),
+        new_bytes=sum(d.size for d in new),
+        stored_bytes=sum(d.stored_size for d in new),
+        deduplicated=job.deduplicated,
+        seconds=time.perf_counter() - started,
+        warnings=scan.warnings,
+    )
