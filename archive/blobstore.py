@@ -61,7 +61,9 @@ def _blob_rows(digests: Iterable[BlobDigest], now: dt.datetime) -> list[dict[str
     ]
 
 
-def _digest_events(digests: Iterable[BlobDigest], tier: str, now: dt.datetime) -> list[dict[str, Any]]:
+def _digest_events(
+    digests: Iterable[BlobDigest], tier: str, now: dt.datetime
+) -> list[dict[str, Any]]:
     return [
         {
             "type": EventType.MESSAGE_DIGEST_CALCULATION,
@@ -96,7 +98,9 @@ def record_loose(digest: BlobDigest, *, tier: str, tier_id: int, session: Sessio
     now = utcnow()
     insert_ignore(session, models.Blob, _blob_rows([digest], now))
     insert_ignore(
-        session, models.Replica, [_replica_row(tier_id, blob_key(digest.b3), now, blob_b3=digest.b3)]
+        session,
+        models.Replica,
+        [_replica_row(tier_id, blob_key(digest.b3), now, blob_b3=digest.b3)],
     )
     insert_ignore(session, models.Event, _digest_events([digest], tier, now))
 

@@ -66,8 +66,14 @@ def stream_blob(
     raise Unavailable(f"no readable copy of blob {b3}: " + ("; ".join(errors) or "none present"))
 
 
-def write_blob(blob: models.Blob, dest: BinaryIO, *, session: Session, tiers: dict[str, Tier],
-               problems: list[str]) -> None:
+def write_blob(
+    blob: models.Blob,
+    dest: BinaryIO,
+    *,
+    session: Session,
+    tiers: dict[str, Tier],
+    problems: list[str],
+) -> None:
     """Write a blob's verified bytes to ``dest``, trying each copy until one is whole."""
     errors: list[str] = []
     for loc in locate(blob.b3, session=session):
@@ -89,8 +95,13 @@ def write_blob(blob: models.Blob, dest: BinaryIO, *, session: Session, tiers: di
 
 
 def write_file(
-    entry: EntryView, dest: Path, *, session: Session, tiers: dict[str, Tier],
-    problems: list[str], overwrite: bool = False,
+    entry: EntryView,
+    dest: Path,
+    *,
+    session: Session,
+    tiers: dict[str, Tier],
+    problems: list[str],
+    overwrite: bool = False,
 ) -> None:
     """Write one entry to ``dest`` atomically (temporary file, verify, rename)."""
     if dest.exists() and not overwrite:
@@ -125,11 +136,17 @@ def checkout(
     root = dest.resolve()
     folder_prefix = prefix.rstrip("/") + "/" if prefix else ""
     for entry in iter_entries(version.id, session=session, prefix=folder_prefix):
-        target = (root / entry.path[len(folder_prefix):]).resolve()
+        target = (root / entry.path[len(folder_prefix) :]).resolve()
         if not target.is_relative_to(root):  # entry paths are validated; belt and braces
             raise InvalidInput(f"entry {entry.path!r} would leave {root}")
-        write_file(entry, target, session=session, tiers=tiers, problems=report.problems,
-                   overwrite=overwrite)
+        write_file(
+            entry,
+            target,
+            session=session,
+            tiers=tiers,
+            problems=report.problems,
+            overwrite=overwrite,
+        )
         report.files += 1
         report.bytes += entry.size
         if on_file is not None:

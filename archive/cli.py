@@ -78,7 +78,9 @@ state = State()
 def _main(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Config file (default: $PERMAFROST_CONFIG or ./permafrost.toml)."),
+        typer.Option(
+            "--config", "-c", help="Config file (default: $PERMAFROST_CONFIG or ./permafrost.toml)."
+        ),
     ] = None,
 ) -> None:
     state.config = config
@@ -126,9 +128,7 @@ class _RichIngestProgress:
     def advanced(self, files: int, nbytes: int) -> None:
         assert self.task is not None
         self.files += files
-        self.progress.update(
-            self.task, advance=nbytes, files=f"{self.files}/{self.total_files}"
-        )
+        self.progress.update(self.task, advance=nbytes, files=f"{self.files}/{self.total_files}")
 
 
 @app.command()
@@ -155,7 +155,11 @@ def ingest(
     ref = parse_ref(f"{collection}/{dataset}")
     with _node() as node, _progress() as progress:
         report = ingest_tree(
-            node, path, ref, message=message, title=title,
+            node,
+            path,
+            ref,
+            message=message,
+            title=title,
             progress=_RichIngestProgress(progress),
         )
     for warning in report.warnings:
@@ -184,23 +188,31 @@ def ls_(
             assert ds.id is not None
             versions = list_versions(ds.id, session=session)
             latest = versions[-1] if versions else None
-            rows.append({
-                "id": f"{coll}/{ds.name}",
-                "pid": ds.pid,
-                "title": ds.title,
-                "versions": len(versions),
-                "latest": latest.number if latest else None,
-                "files": latest.file_count if latest else 0,
-                "bytes": latest.total_size if latest else 0,
-                "updated": latest.created_at.isoformat() if latest else None,
-            })
+            rows.append(
+                {
+                    "id": f"{coll}/{ds.name}",
+                    "pid": ds.pid,
+                    "title": ds.title,
+                    "versions": len(versions),
+                    "latest": latest.number if latest else None,
+                    "files": latest.file_count if latest else 0,
+                    "bytes": latest.total_size if latest else 0,
+                    "updated": latest.created_at.isoformat() if latest else None,
+                }
+            )
     if as_json:
         _emit(rows)
         return
     table = Table("dataset", "versions", "files", "size", "updated", "title")
     for r in rows:
-        table.add_row(r["id"], str(r["versions"]), str(r["files"]), _size(r["bytes"]),
-                      (r["updated"] or "")[:19], r["title"])
+        table.add_row(
+            r["id"],
+            str(r["versions"]),
+            str(r["files"]),
+            _size(r["bytes"]),
+            (r["updated"] or "")[:19],
+            r["title"],
+        )
     out.print(table)
 
 
@@ -223,15 +235,27 @@ def show(
             "title": ds.title,
             "metadata": ds.metadata_,
             "versions": [
-                {"number": v.number, "created": v.created_at.isoformat(), "message": v.message,
-                 "files": v.file_count, "bytes": v.total_size, "manifest_b3": v.manifest_b3}
+                {
+                    "number": v.number,
+                    "created": v.created_at.isoformat(),
+                    "message": v.message,
+                    "files": v.file_count,
+                    "bytes": v.total_size,
+                    "manifest_b3": v.manifest_b3,
+                }
                 for v in list_versions(ds.id, session=session)
             ],
             "version": version.number,
             "files": [
-                {"path": e.path, "size": e.size, "blake3": e.b3, "sha256": e.sha256,
-                 "stored_size": e.stored_size, "codec": e.codec,
-                 "replicas": replicas.get(e.b3, [])}
+                {
+                    "path": e.path,
+                    "size": e.size,
+                    "blake3": e.b3,
+                    "sha256": e.sha256,
+                    "stored_size": e.stored_size,
+                    "codec": e.codec,
+                    "replicas": replicas.get(e.b3, []),
+                }
                 for e in iter_entries(version.id, session=session)
             ],
         }
@@ -241,8 +265,10 @@ def show(
     out.print(f"[bold]{data['id']}[/]  {data['pid']}  {data['title']}")
     for v in data["versions"]:
         mark = "*" if v["number"] == data["version"] else " "
-        out.print(f" {mark} v{v['number']}  {v['created'][:19]}  {v['files']} files  "
-                  f"{_size(v['bytes'])}  {v['message']}")
+        out.print(
+            f" {mark} v{v['number']}  {v['created'][:19]}  {v['files']} files  "
+            f"{_size(v['bytes'])}  {v['message']}"
+        )
     table = Table("path", "size", "blake3", "sha256", "replicas")
     for column in table.columns:
         column.overflow = "fold"
@@ -256,7 +282,9 @@ def show(
 def get(
     ref: Annotated[str, typer.Argument(help="COLLECTION/DATASET[@vN]")],
     path: Annotated[str | None, typer.Argument(help="A file or folder in the version.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write ('-': stdout).")] = Path("."),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write ('-': stdout).")
+    ] = Path("."),
     overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -270,22 +298,35 @@ def get(
         if path is not None and str(output) == "-":
             entry = get_entry(version.id, path, session=session)
             sink = sys.stdout.buffer
-            for chunk in stream_blob(entry.b3, session=session, tiers=node.tiers, problems=problems):
+            for chunk in stream_blob(
+                entry.b3, session=session, tiers=node.tiers, problems=problems
+            ):
                 sink.write(chunk)
             sink.flush()
             files, nbytes = 1, entry.size
         elif path is not None and _is_entry(version.id, path, session):
             entry = get_entry(version.id, path, session=session)
             dest = output / Path(path).name if output.is_dir() else output
-            write_file(entry, dest, session=session, tiers=node.tiers, problems=problems,
-                       overwrite=overwrite)
+            write_file(
+                entry,
+                dest,
+                session=session,
+                tiers=node.tiers,
+                problems=problems,
+                overwrite=overwrite,
+            )
             files, nbytes = 1, entry.size
         else:
             with _progress() as progress:
                 task = progress.add_task("get", total=version.total_size, files="")
                 report = checkout(
-                    version, output, session=session, tiers=node.tiers, prefix=path or "",
-                    overwrite=overwrite, on_file=lambda n: progress.update(task, advance=n),
+                    version,
+                    output,
+                    session=session,
+                    tiers=node.tiers,
+                    prefix=path or "",
+                    overwrite=overwrite,
+                    on_file=lambda n: progress.update(task, advance=n),
                 )
             files, nbytes, problems = report.files, report.bytes, report.problems
     for p in problems:
@@ -317,25 +358,36 @@ def verify(
         with _progress() as progress:
             task = progress.add_task("verify", total=version.total_size, files="")
             report = verify_version(
-                version, session=session, tiers=node.tiers,
+                version,
+                session=session,
+                tiers=node.tiers,
                 on_blob=lambda n: progress.update(task, advance=n),
             )
     failures = report.failures
     if as_json:
-        _emit({
-            "dataset": f"{r.collection}/{r.dataset}", "version": version.number,
-            "blobs": report.blobs, "copies": report.copies, "bytes": report.bytes,
-            "ok": not failures,
-            "failures": [c.__dict__ for c in failures],
-            "lost": report.blobs_without_good_copy,
-        })
+        _emit(
+            {
+                "dataset": f"{r.collection}/{r.dataset}",
+                "version": version.number,
+                "blobs": report.blobs,
+                "copies": report.copies,
+                "bytes": report.bytes,
+                "ok": not failures,
+                "failures": [c.__dict__ for c in failures],
+                "lost": report.blobs_without_good_copy,
+            }
+        )
     else:
-        out.print(f"{r.collection}/{r.dataset}@v{version.number}: {report.blobs} blobs, "
-                  f"{report.copies} copies checked, {len(failures)} failed")
+        out.print(
+            f"{r.collection}/{r.dataset}@v{version.number}: {report.blobs} blobs, "
+            f"{report.copies} copies checked, {len(failures)} failed"
+        )
         for c in failures:
             out.print(f"[red]FAILED[/] {c.b3} on {c.tier} ({c.key}): {c.detail}")
         if report.blobs_without_good_copy:
-            out.print(f"[red bold]{len(report.blobs_without_good_copy)} blob(s) have no good copy[/]")
+            out.print(
+                f"[red bold]{len(report.blobs_without_good_copy)} blob(s) have no good copy[/]"
+            )
     if failures:
         raise typer.Exit(1)
 

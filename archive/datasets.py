@@ -101,7 +101,11 @@ def get_dataset(
 
 
 def ensure_dataset(
-    collection: str, name: str, *, session: Session, title: str | None = None,
+    collection: str,
+    name: str,
+    *,
+    session: Session,
+    title: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> models.Dataset:
     """The dataset, created with its collection if new, locked for a version commit."""
@@ -124,9 +128,12 @@ def ensure_dataset(
     return row
 
 
-def list_datasets(collection: str | None = None, *, session: Session) -> list[tuple[str, models.Dataset]]:
+def list_datasets(
+    collection: str | None = None, *, session: Session
+) -> list[tuple[str, models.Dataset]]:
     stmt = select(models.Collection.name, models.Dataset).join(
-        models.Collection, models.Collection.id == models.Dataset.collection_id  # type: ignore[arg-type]
+        models.Collection,
+        models.Collection.id == models.Dataset.collection_id,  # type: ignore[arg-type]
     )
     if collection is not None:
         get_collection(collection, session=session)
@@ -180,7 +187,12 @@ class EntryView:
 
 
 def iter_entries(
-    version_id: int, *, session: Session, prefix: str = "", offset: int = 0, limit: int | None = None
+    version_id: int,
+    *,
+    session: Session,
+    prefix: str = "",
+    offset: int = 0,
+    limit: int | None = None,
 ) -> Iterator[EntryView]:
     """Entries of a version with their digests, in path order."""
     stmt = (

@@ -79,7 +79,7 @@ class Encoder:
     def encode_stream(
         self,
         source: BinaryIO,
-        size: int,
+        size: int | None,
         upload: Upload,
         *,
         first: bytes = b"",
@@ -95,7 +95,7 @@ class Encoder:
         try:
             if compress:
                 b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
-                cobj = self._large.compressobj(size=size)
+                cobj = self._large.compressobj(size=-1 if size is None else size)
 
                 def compress_and_write(chunk: bytes) -> None:
                     out = cobj.compress(chunk)
@@ -122,7 +122,7 @@ class Encoder:
                     upload.write(tail)
         finally:
             lanes.close()
-        if total != size:
+        if size is not None and total != size:
             raise OSError(f"file changed while being read: expected {size} bytes, read {total}")
         if compress:
             address = b3.hexdigest()

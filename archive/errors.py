@@ -97,5 +97,7 @@ class InvalidTree(InvalidInput):
         lines = [str(p) for p in problems[:20]]
         if len(problems) > 20:
             lines.append(f"... and {len(problems) - 20} more")
-        super().__init__(f"{len(problems)} problem(s), nothing was stored:\n  " + "\n  ".join(lines))
+        super().__init__(
+            f"{len(problems)} problem(s), nothing was stored:\n  " + "\n  ".join(lines)
+        )
         self.problems = list(problems)

@@ -171,7 +171,9 @@ def open_blob(
             errors.append(f"{loc.tier}: {exc}")
             continue
         return blob, loc, iter_verified(tier, loc, blob)
-    raise Unavailable(f"no readable copy of blob {b3}" + (f" ({'; '.join(errors)})" if errors else ""))
+    raise Unavailable(
+        f"no readable copy of blob {b3}" + (f" ({'; '.join(errors)})" if errors else "")
+    )
 
 
 def blobs_of_version(version_id: int, *, session: Session) -> list[models.Blob]:

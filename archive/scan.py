@@ -118,8 +118,9 @@ def scan_tree(root: Path) -> ScanResult:
         raise InvalidTree(problems)
     result.files.sort(key=lambda f: f.path)
     for group in case_collisions(f.path for f in result.files):
-        result.warnings.append("names differ only in case (they collide on Windows and macOS): "
-                               + ", ".join(group))
+        result.warnings.append(
+            "names differ only in case (they collide on Windows and macOS): " + ", ".join(group)
+        )
     return result
 
 

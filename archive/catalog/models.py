@@ -183,9 +183,7 @@ class Replica(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("blob_b3", "tier_id"),
         sa.UniqueConstraint("pack_id", "tier_id"),
-        sa.CheckConstraint(
-            "(blob_b3 IS NULL) <> (pack_id IS NULL)", name="replica_blob_xor_pack"
-        ),
+        sa.CheckConstraint("(blob_b3 IS NULL) <> (pack_id IS NULL)", name="replica_blob_xor_pack"),
         sa.Index("ix_replica_state_next_audit", "state", "next_audit_at"),
     )
 
