@@ -1,0 +1,169 @@
+"""Bad input gets a clear error and changes nothing: catalog and every tier as they were."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from archive.datasets import NewEntry, commit_version, parse_ref
+from archive.errors import InvalidTree, MissingBlobs, UnsupportedFile
+from archive.ingest import ingest_tree
+from archive.node import ArchiveNode
+from tests.support.archive_state import snapshot
+
+
+@pytest.fixture
+def seeded(node: ArchiveNode, tmp_path: Path) -> ArchiveNode:
+    """An archive that already holds one version, so 'unchanged' is a real claim."""
+    src = tmp_path / "seed"
+    src.mkdir()
+    (src / "a.txt").write_text("already archived")
+    (src / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    ingest_tree(node, src, parse_ref("lab/seed"))
+    return node
+
+
+def _bad_symlink_out(src: Path) -> None:
+    (src / "escape").symlink_to("/etc/hostname")
+
+
+def _bad_symlink_dotdot(src: Path) -> None:
+    outside = src.parent / "outside.txt"
+    outside.write_text("secret")
+    (src / "up").symlink_to("../outside.txt")
+
+
+def _bad_dangling(src: Path) -> None:
+    (src / "dangling").symlink_to(src / "nothing-here")
+
+
+def _bad_loop(src: Path) -> None:
+    (src / "sub").mkdir()
+    (src / "sub" / "loop").symlink_to(src)
+
+
+def _bad_fifo(src: Path) -> None:
+    os.mkfifo(src / "pipe")
+
+
+def _bad_backslash(src: Path) -> None:
+    (src / "win\\dows.txt").write_text("x")
+
+
+def _bad_control(src: Path) -> None:
+    (src / "bell\x07.txt").write_text("x")
+
+
+def _bad_newline(src: Path) -> None:
+    (src / "two\nlines.txt").write_text("x")
+
+
+def _bad_nfc_collision(src: Path) -> None:
+    (src / "café.txt").write_text("nfc")
+    (src / unicodedata.normalize("NFD", "café.txt")).write_text("nfd")
+
+
+def _bad_undecodable(src: Path) -> None:
+    with open(os.path.join(os.fsencode(src), b"bad\xffname.txt"), "wb") as fh:
+        fh.write(b"x")
+
+
+def _bad_drive(src: Path) -> None:
+    (src / "C:evil.txt").write_text("x")
+
+
+CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "symlink-out-of-tree": (_bad_symlink_out, "leaves the tree"),
+    "symlink-dotdot": (_bad_symlink_dotdot, "leaves the tree"),
+    "dangling-symlink": (_bad_dangling, "dangling"),
+    "symlink-loop": (_bad_loop, "loop"),
+    "fifo": (_bad_fifo, "FIFO"),
+    "backslash": (_bad_backslash, "backslash"),
+    "control-character": (_bad_control, "control character"),
+    "newline": (_bad_newline, "control character"),
+    "nfc-nfd-collision": (_bad_nfc_collision, "collide"),
+    "undecodable-name": (_bad_undecodable, "UTF-8"),
+    "windows-drive": (_bad_drive, "drive"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_tree_is_refused_whole_and_nothing_changes(
+    seeded: ArchiveNode, tmp_path: Path, case: str
+) -> None:
+    make_bad, reason = CASES[case]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.txt").write_text("a good file that must not be stored either")
+    (src / "large-good.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    make_bad(src)
+    before = snapshot(seeded)
+    with pytest.raises(InvalidTree) as info:
+        ingest_tree(seeded, src, parse_ref("lab/bad"))
+    assert reason in str(info.value)
+    assert info.value.exit_code == 2
+    assert snapshot(seeded) == before
+
+
+def test_all_problems_are_reported_at_once(seeded: ArchiveNode, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _bad_fifo(src)
+    _bad_symlink_out(src)
+    _bad_control(src)
+    with pytest.raises(InvalidTree) as info:
+        ingest_tree(seeded, src, parse_ref("lab/bad"))
+    assert len(info.value.problems) == 3
+
+
+def test_missing_path_is_a_clear_error(seeded: ArchiveNode, tmp_path: Path) -> None:
+    before = snapshot(seeded)
+    with pytest.raises(UnsupportedFile, match="No such file"):
+        ingest_tree(seeded, tmp_path / "does-not-exist", parse_ref("lab/bad"))
+    assert snapshot(seeded) == before
+
+
+def test_commit_naming_a_missing_blob_is_refused(seeded: ArchiveNode) -> None:
+    before = snapshot(seeded)
+    ghost = "f" * 64
+    with pytest.raises(MissingBlobs) as info, seeded.session() as session:
+        commit_version(
+            parse_ref("lab/ghost"), [NewEntry("x.txt", ghost)], session=session, tier=seeded.hot
+        )
+    assert info.value.digests == [ghost]
+    assert info.value.http_status == 409
+    assert snapshot(seeded) == before
+
+
+def test_unreadable_file_is_refused(tmp_path: Path) -> None:
+    """Root reads everything, so the scan runs without the capabilities that allow it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_text("fine")
+    secret = src / "secret.txt"
+    secret.write_text("nobody may read this")
+    secret.chmod(0o000)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from archive.scan import scan_tree\n"
+        "from archive.errors import InvalidTree\n"
+        "try:\n    scan_tree(Path(sys.argv[1]))\n"
+        "except InvalidTree as exc:\n    print(exc); sys.exit(exc.exit_code)\n"
+    )
+    runner: list[str] = []
+    if os.geteuid() == 0:
+        runner = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    result = subprocess.run(
+        [*runner, sys.executable, "-c", script, str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "secret.txt" in result.stdout and "not readable" in result.stdout
