@@ -1,0 +1,123 @@
+"""Blobs sent by clients, one at a time, each proven against its address before it counts.
+
+The body of ``PUT /blobs/{b3}`` is never held whole: the async request stream is
+bridged to the synchronous :func:`archive.upload.store_stream`, which runs in a
+worker thread and pulls each chunk from the event loop as it needs it, so memory
+stays at a few chunks whatever the size, and a slow client only slows its own
+upload. Uploads take their threads from a limiter of their own, so many slow
+uploads cannot starve the thread pool that serves every other route.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from fastapi import APIRouter, Header, Request, Response, status
+
+from archive.datasets import blobs_missing
+from archive.upload import store_stream
+from web.deps import BlobAddress, NodeDep, SessionDep
+from web.schemas import BlobPublic, BlobQuery, ErrorPublic, MissingPublic
+
+router = APIRouter(prefix="/blobs", tags=["blobs"])
+
+#: At most this many uploads are hashed and written at once; others wait their turn.
+UPLOAD_THREADS = 16
+
+
+@router.post("/missing", response_model=MissingPublic)
+def find_missing(body: BlobQuery, session: SessionDep) -> MissingPublic:
+    """Which of these addresses the archive lacks: upload those, then commit."""
+    return MissingPublic(missing=blobs_missing(body.blobs, session=session))
+
+
+@router.head(
+    "/{b3}",
+    responses={200: {"description": "Held"}, 404: {"description": "Not held"}},
+)
+def blob_held(b3: BlobAddress, session: SessionDep) -> Response:
+    held = not blobs_missing([b3], session=session)
+    return Response(status_code=status.HTTP_200_OK if held else status.HTTP_404_NOT_FOUND)
+
+
+def _chunks_from_loop(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """The request body as a plain iterator, for code running in a worker thread."""
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+        if chunk:
+            yield chunk
+
+
+def upload_limiter(request: Request) -> anyio.CapacityLimiter:
+    """The app's upload limiter, made on first use (inside the event loop, as anyio wants)."""
+    state = request.app.state
+    if getattr(state, "upload_limiter", None) is None:
+        state.upload_limiter = anyio.CapacityLimiter(UPLOAD_THREADS)
+    limiter: anyio.CapacityLimiter = state.upload_limiter
+    return limiter
+
+
+@router.put(
+    "/{b3}",
+    response_model=BlobPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": BlobPublic, "description": "Already held (the body was still checked)"},
+        422: {"model": ErrorPublic, "description": "The body does not hash to the address"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def put_blob(
+    b3: BlobAddress,
+    request: Request,
+    node: NodeDep,
+    response: Response,
+    sha256: Annotated[
+        str | None,
+        Header(
+            alias="X-Permafrost-Sha256",
+            pattern=r"^[0-9a-fA-F]{64}$",
+            description="SHA-256 of the body, checked too when given",
+        ),
+    ] = None,
+) -> BlobPublic:
+    """Store the body as the blob ``b3``: 201 if new, 200 if held; a wrong body keeps nothing."""
+    declared = request.headers.get("content-length")
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    store = functools.partial(
+        store_stream,
+        node,
+        _chunks_from_loop(request.stream()),
+        expect_b3=b3,
+        expect_sha256=sha256.lower() if sha256 else None,
+        size=size,
+    )
+    digest, created = await anyio.to_thread.run_sync(store, limiter=upload_limiter(request))
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return BlobPublic(
+        blake3=digest.b3,
+        sha256=digest.sha256,
+        size=digest.size,
+        stored_size=digest.stored_size,
+        codec=digest.codec,
+        created=created,
+    )

@@ -1,0 +1,52 @@
+"""The ASGI application: ``create_app()`` is the factory ``permafrost serve`` runs.
+
+The factory is the only place the web layer reads configuration (when it is not
+handed ``Settings``), and the lifespan the only place the archive node is opened
+and closed, so importing this module has no side effects and tests build as many
+independent apps as they like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from archive.config import Settings, load_settings
+from archive.node import ArchiveNode
+from web.api import api_router, health
+from web.errors import install_error_handlers
+
+DESCRIPTION = """\
+Research-data preservation archive. Files are addressed by the BLAKE3 of their
+content; upload a version with `POST /api/v1/blobs/missing`, `PUT /api/v1/blobs/{b3}`
+for each missing blob, then `POST /api/v1/datasets/{collection}/{dataset}/versions`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: :func:`archive.config.load_settings`)."""
+    resolved = settings if settings is not None else load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        node = await anyio.to_thread.run_sync(ArchiveNode.open, resolved)
+        app.state.node = node
+        try:
+            yield
+        finally:
+            app.state.node = None
+            await anyio.to_thread.run_sync(node.close)
+
+    app = FastAPI(
+        title=f"Permafrost API ({resolved.organization})",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router())
+    return app
