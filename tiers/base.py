@@ -18,9 +18,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from tiers.errors import InvalidKey
+
 #: Read and write granularity for streaming copies. Large enough that the per-call
 #: overhead of Python, hashing and syscalls vanishes, small enough to keep memory flat.
 CHUNK_SIZE = 4 * 1024 * 1024
+
+#: First key segment reserved for staged (not yet promoted) bytes; never a valid key,
+#: never listed.
+STAGING_SEGMENT = ".staging"
 
 
 @dataclass(frozen=True)
@@ -131,3 +137,46 @@ def copy_stream(source: BinaryIO, upload: Upload, chunk_size: int = CHUNK_SIZE) 
     """Copy a binary stream into an upload in bounded chunks (flat memory)."""
     while chunk := source.read(chunk_size):
         upload.write(chunk)
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` unchanged if it is a valid object key, else raise :class:`InvalidKey`.
+
+    Keys are relative ``/``-separated paths (``blobs/b3/ab/cd/<hex>``) that every
+    backend maps onto something path-like: a folder tree, an S3 key under a prefix.
+    One grammar for all tiers refuses whatever could escape a tier's root or make two
+    spellings name one object: a leading ``/``, empty, ``.`` or ``..`` segments, a
+    backslash (a separator on Windows), NUL and other control characters, and the
+    reserved :data:`STAGING_SEGMENT` as first segment.
+    """
+    _check_characters(key, "key")
+    if not key:
+        raise InvalidKey("empty key", key=key)
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKey(f"key {key!r} has an empty, '.' or '..' segment", key=key)
+    if key.split("/", 1)[0] == STAGING_SEGMENT:
+        raise InvalidKey(f"key {key!r} is inside the reserved {STAGING_SEGMENT}/ area", key=key)
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it may start valid keys (see :func:`check_key`), else raise.
+
+    A prefix is a plain string prefix, not a folder: ``"a"`` matches ``a/b`` and
+    ``ab``. Every complete segment must be valid; the last may be partial or empty.
+    """
+    _check_characters(prefix, "prefix")
+    for segment in prefix.split("/")[:-1]:
+        if segment in ("", ".", ".."):
+            raise InvalidKey(f"prefix {prefix!r} has an empty, '.' or '..' segment", key=prefix)
+    return prefix
+
+
+def _check_characters(text: str, what: str) -> None:
+    if not isinstance(text, str):
+        raise InvalidKey(f"{what} must be a str, not {type(text).__name__}")
+    if text.startswith("/"):
+        raise InvalidKey(f"{what} {text!r} is absolute", key=text)
+    if "\\" in text or any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise InvalidKey(f"{what} {text!r} holds a backslash or a control character", key=text)

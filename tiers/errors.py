@@ -9,7 +9,8 @@ connection errors) into this tree at the boundary, with ``raise ... from exc``::
     ├── DigestMismatch           the bytes written do not hash to what the caller expected
     ├── NeedsRestore             a cold object must be restored before it can be read
     ├── TierUnavailable          endpoint refusing, timing out, answering 5xx (retryable)
-    └── TierConfigError          the tier's settings are unusable (unknown bucket, bad path)
+    ├── TierConfigError          the tier's settings are unusable (unknown bucket, bad path)
+    └── InvalidKey               the key breaks the key grammar (also a ``ValueError``)
 """
 
 from __future__ import annotations
@@ -60,3 +61,11 @@ class TierUnavailable(TierError):
 
 class TierConfigError(TierError):
     """The tier's settings are wrong; fix the configuration."""
+
+
+class InvalidKey(TierError, ValueError):
+    """The key is not a relative ``/``-separated path of plain segments.
+
+    Also a ``ValueError``: it is the caller's bug, never the tier's state, so
+    code that validates its inputs can catch it like any other bad argument.
+    """
