@@ -31,6 +31,8 @@ from rich.table import Table
 from archive.checkout import checkout, stream_blob, write_file
 from archive.config import Settings, load_settings
 from archive.datasets import (
+    DatasetRef,
+    check_name,
     get_dataset,
     get_entry,
     get_version,
@@ -152,7 +154,7 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest a folder as the next version of COLLECTION/DATASET."""
-    ref = parse_ref(f"{collection}/{dataset}")
+    ref = DatasetRef(check_name("collection", collection), check_name("dataset", dataset))
     with _node() as node, _progress() as progress:
         report = ingest_tree(
             node,
@@ -183,7 +185,7 @@ def ls_(
 ) -> None:
     """List datasets (and their latest version)."""
     with _node() as node, node.session() as session:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for coll, ds in list_datasets(collection, session=session):
             assert ds.id is not None
             versions = list_versions(ds.id, session=session)
@@ -229,7 +231,7 @@ def show(
         version = get_version(ds, r.version, session=session)
         assert version.id is not None
         replicas = replicas_of_version(version.id, session=session)
-        data = {
+        data: dict[str, Any] = {
             "id": f"{r.collection}/{r.dataset}",
             "pid": ds.pid,
             "title": ds.title,

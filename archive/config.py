@@ -126,7 +126,7 @@ class Settings(BaseSettings):
 
 
 def find_config_file(explicit: Path | None = None) -> Path | None:
-    """The config file to read: ``--config``, else ``PERMAFROST_CONFIG``, else ``./permafrost.toml``."""
+    """The config file: ``--config``, else ``$PERMAFROST_CONFIG``, else ``./permafrost.toml``."""
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"config file not found: {explicit}")

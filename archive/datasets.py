@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from archive.catalog import models
@@ -93,7 +94,7 @@ def get_dataset(
         .where(models.Collection.name == collection, models.Dataset.name == name)
     )
     if lock:
-        stmt = stmt.with_for_update(of=models.Dataset)  # type: ignore[arg-type]
+        stmt = stmt.with_for_update(of=models.Dataset)
     row = session.exec(stmt).first()
     if row is None:
         raise NotFound(f"no dataset {collection}/{name}")
@@ -171,7 +172,7 @@ def list_versions(dataset_id: int, *, session: Session) -> list[models.Version]:
         session.exec(
             select(models.Version)
             .where(models.Version.dataset_id == dataset_id)
-            .order_by(models.Version.number)
+            .order_by(col(models.Version.number))
         ).all()
     )
 
@@ -196,7 +197,7 @@ def iter_entries(
 ) -> Iterator[EntryView]:
     """Entries of a version with their digests, in path order."""
     stmt = (
-        select(
+        sa.select(  # type: ignore[call-overload]
             models.Entry.path,
             models.Blob.b3,
             models.Blob.sha256,
@@ -204,7 +205,7 @@ def iter_entries(
             models.Blob.stored_size,
             models.Blob.codec,
         )
-        .join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)  # type: ignore[arg-type]
+        .join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)
         .where(models.Entry.version_id == version_id)
         .order_by(models.Entry.path)
         .offset(offset)
@@ -213,7 +214,7 @@ def iter_entries(
         stmt = stmt.where(col(models.Entry.path).startswith(prefix, autoescape=True))
     if limit is not None:
         stmt = stmt.limit(limit)
-    for row in session.exec(stmt):
+    for row in session.execute(stmt):
         yield EntryView(*row)
 
 
@@ -223,8 +224,8 @@ def get_entry(version_id: int, path: str, *, session: Session) -> EntryView:
     Raises:
         NotFound: no such path in the version.
     """
-    row = session.exec(
-        select(
+    row = session.execute(
+        sa.select(  # type: ignore[call-overload]
             models.Entry.path,
             models.Blob.b3,
             models.Blob.sha256,
@@ -232,7 +233,7 @@ def get_entry(version_id: int, path: str, *, session: Session) -> EntryView:
             models.Blob.stored_size,
             models.Blob.codec,
         )
-        .join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)  # type: ignore[arg-type]
+        .join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)
         .where(models.Entry.version_id == version_id, models.Entry.path == path)
     ).first()
     if row is None:

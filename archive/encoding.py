@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 import blake3
 import zstandard
@@ -31,6 +31,10 @@ from tiers import Upload
 MAX_STORED_RATIO = 0.97
 CHUNK = 4 * 1024 * 1024
 IN_FLIGHT = 4
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class Encoder:
 
     def encode_stream(
         self,
-        source: BinaryIO,
+        source: Readable,
         size: int | None,
         upload: Upload,
         *,
@@ -102,7 +106,7 @@ class Encoder:
                     if out:
                         upload.write(out)
 
-                consumers: list[Callable[[bytes], None]] = [
+                consumers: list[Callable[[bytes], object]] = [
                     sha.update,
                     b3.update,
                     compress_and_write,
@@ -135,10 +139,10 @@ class _Lanes:
 
     def __init__(self) -> None:
         self._pools: list[ThreadPoolExecutor] = []
-        self._pending: deque[list[Future[None]]] = deque()
+        self._pending: deque[list[Future[object]]] = deque()
         self._lock = threading.Lock()
 
-    def feed(self, consumers: list[Callable[[bytes], None]], chunk: bytes) -> None:
+    def feed(self, consumers: list[Callable[[bytes], object]], chunk: bytes) -> None:
         while len(self._pools) < len(consumers):
             self._pools.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode"))
         futures = [pool.submit(fn, chunk) for pool, fn in zip(self._pools, consumers, strict=False)]

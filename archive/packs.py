@@ -12,6 +12,8 @@ object ``packs/<id>.json``, so one member is read with a single ranged read.
 
 from __future__ import annotations
 
+import contextlib
+import contextlib
 import io
 import json
 import tarfile
@@ -92,10 +94,9 @@ class PackWriter:
         self._upload, self._members, self._offset = None, [], 0
         upload.write(b"\0" * (2 * BLOCK))
         pack_id = upload.b3
-        try:
+        # ObjectExists: the very same bytes are already there (named by their digest).
+        with contextlib.suppress(ObjectExists):
             upload.promote(pack_key(pack_id), expect_b3=pack_id)
-        except ObjectExists:
-            pass  # the very same bytes are already there (named by their digest)
         index = {
             "format": PACK_FORMAT,
             "members": [
@@ -104,10 +105,8 @@ class PackWriter:
             ],
         }
         body = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
-        try:
+        with contextlib.suppress(ObjectExists):
             self.tier.put(pack_index_key(pack_id), io.BytesIO(body))
-        except ObjectExists:
-            pass
         return SealedPack(pack_id, upload.size, members)
 
     def abort(self) -> None:

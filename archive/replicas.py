@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from archive.catalog import models
@@ -25,17 +26,17 @@ def replicas_of_version(version_id: int, *, session: Session) -> dict[str, list[
         .where(models.Entry.version_id == version_id)
         .distinct()
     ).all()
-    packed = session.exec(
-        select(
+    packed = session.execute(
+        sa.select(  # type: ignore[call-overload]
             models.Entry.blob_b3,
             models.Tier.name,
             models.Replica.state,
             models.Replica.last_verified_at,
             models.PackMember.pack_id,
         )
-        .join(models.PackMember, models.PackMember.blob_b3 == models.Entry.blob_b3)  # type: ignore[arg-type]
-        .join(models.Replica, models.Replica.pack_id == models.PackMember.pack_id)  # type: ignore[arg-type]
-        .join(models.Tier, models.Tier.id == models.Replica.tier_id)  # type: ignore[arg-type]
+        .join(models.PackMember, models.PackMember.blob_b3 == models.Entry.blob_b3)
+        .join(models.Replica, models.Replica.pack_id == models.PackMember.pack_id)
+        .join(models.Tier, models.Tier.id == models.Replica.tier_id)
         .where(models.Entry.version_id == version_id)
         .distinct()
     ).all()

@@ -54,8 +54,8 @@ def locate(b3: str, *, session: Session) -> list[Location]:
         .join(models.Tier, models.Tier.id == models.Replica.tier_id)  # type: ignore[arg-type]
         .where(models.Replica.blob_b3 == b3, models.Replica.state == ReplicaState.PRESENT)
     ).all()
-    packed = session.exec(
-        select(
+    packed = session.execute(
+        sa.select(  # type: ignore[call-overload]
             models.Replica.key,
             models.Tier.name,
             models.Tier.role,
@@ -63,8 +63,8 @@ def locate(b3: str, *, session: Session) -> list[Location]:
             models.PackMember.length,
             models.PackMember.pack_id,
         )
-        .join(models.Tier, models.Tier.id == models.Replica.tier_id)  # type: ignore[arg-type]
-        .join(models.PackMember, models.PackMember.pack_id == models.Replica.pack_id)  # type: ignore[arg-type]
+        .join(models.Tier, models.Tier.id == models.Replica.tier_id)
+        .join(models.PackMember, models.PackMember.pack_id == models.Replica.pack_id)
         .where(models.PackMember.blob_b3 == b3, models.Replica.state == ReplicaState.PRESENT)
     ).all()
     found = [Location(tier, role, key) for key, tier, role in loose]

@@ -12,6 +12,7 @@ import io
 from collections.abc import Iterable, Iterator
 
 import blake3
+import zstandard
 
 from archive.blobstore import BlobSink, adopt_existing
 from archive.catalog import models
@@ -107,7 +108,7 @@ def store_stream(
     with tier.begin_put() as upload:
         try:
             digest = encoder.encode_stream(reader, size, upload, first=first, compress=compress)
-        except OSError as exc:
+        except (OSError, zstandard.ZstdError) as exc:  # zstd refuses a size other than pledged
             raise InvalidInput(f"body length differs from the declared size: {exc}") from exc
         if digest.b3 != expect_b3:
             raise UploadDigestMismatch(expect_b3, digest.b3)

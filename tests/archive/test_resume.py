@@ -94,8 +94,13 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path: Path) -> None:
     }
     env.pop("PERMAFROST_CONFIG", None)
     cmd = [sys.executable, "-m", "archive.cli", "ingest", str(src), "-C", "lab", "-D", "k"]
-    subprocess.run([sys.executable, "-m", "archive.cli", "init"], env=env, check=True,
-                   capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "archive.cli", "init"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     proc = subprocess.Popen(
         cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -121,8 +126,9 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path: Path) -> None:
     finally:
         node.close()
     env["PERMAFROST_ZSTD_LEVEL"] = "3"
-    result = subprocess.run([*cmd, "--json"], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [*cmd, "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     node = ArchiveNode.open(settings)
     try:
@@ -146,7 +152,10 @@ def test_memory_stays_flat_for_a_large_file(tmp_path: Path) -> None:
     env.pop("PERMAFROST_CONFIG", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "archive.cli", "ingest", str(src), "-C", "lab", "-D", "big"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
