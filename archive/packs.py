@@ -13,7 +13,6 @@ object ``packs/<id>.json``, so one member is read with a single ranged read.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import io
 import json
 import tarfile

@@ -10,7 +10,6 @@ import unicodedata
 from pathlib import Path
 
 import blake3
-import pytest
 from sqlmodel import select
 
 from archive.catalog import models
@@ -51,7 +50,9 @@ def make_tree(root: Path, seed: int = 1) -> dict[str, bytes]:
     return files
 
 
-def test_ingest_records_every_digest_and_gives_bytes_back(node: ArchiveNode, tmp_path: Path) -> None:
+def test_ingest_records_every_digest_and_gives_bytes_back(
+    node: ArchiveNode, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     files = make_tree(src)
     report = ingest_tree(node, src, parse_ref("lab/run42"), message="first")
@@ -73,7 +74,9 @@ def test_ingest_records_every_digest_and_gives_bytes_back(node: ArchiveNode, tmp
         codecs = {p: e.codec for p, e in entries.items()}
         assert codecs["data/measurements.csv"] == "zstd"
         assert codecs["data/raw/detector.bin"] == "raw"  # random: compression does not pay
-        assert entries["data/measurements.csv"].stored_size < len(files["data/measurements.csv"]) / 2
+        assert (
+            entries["data/measurements.csv"].stored_size < len(files["data/measurements.csv"]) / 2
+        )
 
         out = tmp_path / "out"
         result = checkout(version, out, session=session, tiers=node.tiers)
