@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -264,20 +265,17 @@ def show(
     if as_json:
         _emit(data)
         return
-    out.print(f"[bold]{data['id']}[/]  {data['pid']}  {data['title']}")
+    out.print(f"[bold]{data['id']}[/]  {data['pid']}  {escape(data['title'])}")
     for v in data["versions"]:
         mark = "*" if v["number"] == data["version"] else " "
         out.print(
             f" {mark} v{v['number']}  {v['created'][:19]}  {v['files']} files  "
-            f"{_size(v['bytes'])}  {v['message']}"
+            f"{_size(v['bytes'])}  {escape(v['message'])}"
         )
-    table = Table("path", "size", "blake3", "sha256", "replicas")
-    for column in table.columns:
-        column.overflow = "fold"
     for f in data["files"]:
-        copies = ", ".join(f"{c['tier']}:{c['state']}" for c in f["replicas"])
-        table.add_row(f["path"], _size(f["size"]), f["blake3"], f["sha256"], copies)
-    out.print(table)
+        copies = ", ".join(f"{c['tier']}:{c['state']}" for c in f["replicas"]) or "no copy!"
+        out.print(f"[bold]{escape(f['path'])}[/]  {_size(f['size'])}  {escape(copies)}")
+        out.print(f"    blake3 {f['blake3']}\n    sha256 {f['sha256']}", markup=False)
 
 
 @app.command()
@@ -385,7 +383,7 @@ def verify(
             f"{report.copies} copies checked, {len(failures)} failed"
         )
         for c in failures:
-            out.print(f"[red]FAILED[/] {c.b3} on {c.tier} ({c.key}): {c.detail}")
+            out.print(f"[red]FAILED[/] {c.b3} on {c.tier} ({escape(c.key)}): {escape(c.detail)}")
         if report.blobs_without_good_copy:
             out.print(
                 f"[red bold]{len(report.blobs_without_good_copy)} blob(s) have no good copy[/]"
