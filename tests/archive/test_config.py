@@ -52,7 +52,7 @@ def test_explicit_and_env_named_files(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("PERMAFROST_CONFIG", str(cfg))
     assert load_settings().zstd_level == 5
     monkeypatch.setenv("PERMAFROST_CONFIG", str(tmp_path / "missing.toml"))
-    with pytest.raises(ConfigError, match="missing.toml"):
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_settings()
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")
