@@ -48,5 +48,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(api_router())
+    app.include_router(api_router(require_auth=resolved.api_token is not None))
     return app

@@ -53,10 +53,7 @@ def get_session(node: NodeDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="Required when the server is configured with an api_token.",
-)
+_bearer = HTTPBearer(auto_error=False, description="The server's configured api_token.")
 
 
 def require_token(
@@ -69,7 +66,7 @@ def require_token(
     the token cannot be guessed a byte at a time from response times.
     """
     token = get_node(request).settings.api_token
-    if token is None:
+    if token is None:  # installed only with a token; nothing to compare against otherwise
         return
     offered = credentials.credentials if credentials is not None else ""
     if not hmac.compare_digest(offered.encode(), token.get_secret_value().encode()):

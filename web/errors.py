@@ -10,6 +10,7 @@ from outside the archive's tree are translated at this boundary:
 - ``sqlalchemy.exc.IntegrityError`` -> 409: a concurrent change won a race (retry).
 - request validation and Starlette's own HTTP errors -> the same JSON shape,
   so the OpenAPI schema can promise one error body everywhere.
+- a client that hangs up mid-upload -> 400, logged quietly (nobody reads it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from archive.errors import (
     BlobDigestMismatch,
@@ -123,13 +126,35 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "RequestValidationError", summary, errors=errors)
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    log.info("%s %s: the client went away mid-request", request.method, request.url.path)
+    return error_response(400, "ClientDisconnect", "the client closed the connection")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's).
+
+    Asks the router, through the public ``matches`` of each route, whether the same
+    request with another method would be routed.
+    """
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     try:
         name = http.HTTPStatus(exc.status_code).phrase.title().replace(" ", "")
     except ValueError:
         name = "HTTPError"
-    return error_response(exc.status_code, name, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # RFC 9110 section 15.5.6: Allow lists what the resource supports
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, name, str(exc.detail), headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -139,3 +164,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa.exc.IntegrityError, _concurrent_change)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)

@@ -27,6 +27,8 @@ NAME_PATTERN = NAME_RE.pattern
 MAX_MISSING_QUERY = 10_000
 MAX_COMMIT_ENTRIES = 100_000
 MAX_METADATA_DEPTH = 32
+#: 8 PiB: exact as a JSON number in every client (IEEE doubles hold integers up to 2**53).
+MAX_SIZE = 2**53
 
 
 def storable_text(value: str) -> str:
@@ -224,7 +226,7 @@ class EntryCreate(BaseModel):
     path: Annotated[str, Field(min_length=1, max_length=MAX_PATH_BYTES)]
     blake3: B3
     sha256: Sha256 | None = None
-    size: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    size: Annotated[int, Field(ge=0, le=MAX_SIZE)] | None = None
 
 
 class VersionCreate(BaseModel):

@@ -91,11 +91,31 @@ def test_bad_path_parameters_are_422(client: TestClient, sample: dict[str, bytes
         f"{API}/datasets/c/d/versions/1/entries?limit=0",
         f"{API}/datasets/c/d/versions/1/entries?limit=1001",
         f"{API}/datasets/c/d/versions/1/entries?after=%00",
-        f"{API}/datasets/c/d/versions/1/files/a%00b",
-        f"{API}/datasets/c/d/versions/1/files/a//b",
-        f"{API}/datasets/c/d/versions/1/files/..%2Fx",
     ]:
         assert client.get(url).status_code == 422, url
+
+
+def test_paths_no_entry_could_have_are_404(client: TestClient, sample: dict[str, bytes]) -> None:
+    for path in ["a%00b", "a//b", "..%2Fx", "%C2%86", "data/"]:
+        response = client.get(f"{API}/datasets/c/d/versions/1/files/{path}")
+        assert response.status_code == 404, path
+        assert response.json()["error"] == "NotFound"
+        assert client.head(f"{API}/datasets/c/d/versions/1/files/{path}").status_code == 404
+
+
+def test_405_lists_every_method_of_the_resource(client: TestClient) -> None:
+    response = client.request("OPTIONS", f"{API}/collections")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert response.json()["error"] == "MethodNotAllowed"
+
+
+def test_unparseable_body_is_400_with_the_error_shape(client: TestClient) -> None:
+    response = client.post(
+        f"{API}/collections", content=b"\xff\xfe{", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code in (400, 422)
+    assert set(response.json()) >= {"error", "detail"}
 
 
 def test_datasets_list_and_detail(

@@ -277,3 +277,15 @@ def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
         assert (
             client.put(f"{API}/blobs/{blob.b3}", content=blob.data, headers=auth).status_code == 201
         )
+
+
+def test_openapi_declares_the_bearer_scheme_only_with_a_token(
+    client: TestClient, tmp_path: Path
+) -> None:
+    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+    settings = Settings(data_dir=tmp_path / "guarded", api_token="t")
+    with TestClient(create_app(settings)) as guarded:
+        schema = guarded.get("/openapi.json").json()
+        assert "HTTPBearer" in schema["components"]["securitySchemes"]
+        responses = schema["paths"]["/api/v1/collections"]["get"]["responses"]
+        assert "401" in responses

@@ -38,6 +38,7 @@ def find_missing(body: BlobQuery, session: SessionDep) -> MissingPublic:
 
 @router.head(
     "/{b3}",
+    response_class=Response,
     responses={200: {"description": "Held"}, 404: {"description": "Not held"}},
 )
 def blob_held(b3: BlobAddress, session: SessionDep) -> Response:

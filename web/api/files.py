@@ -3,8 +3,10 @@
 The body streams from the tier through a worker thread (the archive's services are
 synchronous) and is never held whole. The catalog lookups, and the first read of a
 copy, happen before the response starts, so a missing file is a 404 and an
-unreadable blob a 503, not a broken body; the session is closed before the first
-byte is sent. Header rules (ETag, ranges, names, digests) live in
+unreadable blob a 503, not a broken body; the session is closed before the
+first byte is sent. A path no entry could have (``a//b``, a control character)
+is a 404 as well, not a 422: the schema cannot state every path rule, and no
+such file exists. Header rules (ETag, ranges, names, digests) live in
 :mod:`web.representation`, with the RFC sections they follow.
 """
 
@@ -17,6 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from archive.datasets import EntryView, get_entry
 from archive.downloads import open_blob_stream
+from archive.errors import InvalidPath, NotFound
 from archive.paths import normalize_path
 from web.deps import (
     CollectionName,
@@ -64,7 +67,11 @@ def _find(
     """The entry and the headers every answer about it carries."""
     _, row = resolve_version(collection, dataset, version, session=session)
     assert row.id is not None
-    entry = get_entry(row.id, normalize_path(path), session=session)
+    try:
+        normalized = normalize_path(path)
+    except InvalidPath as exc:  # no entry can have this name: it is simply not there
+        raise NotFound(f"no file {path!r} in this version ({exc.reason})") from exc
+    entry = get_entry(row.id, normalized, session=session)
     headers = {
         "ETag": entity_tag(entry.b3),
         "Cache-Control": REVALIDATE if version == "latest" else IMMUTABLE,
