@@ -5,6 +5,8 @@ The caller owns the transaction: services take ``session=`` and never commit.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +44,7 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=60000")
@@ -54,6 +56,25 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _enable_wal(cursor: sqlite3.Cursor, *, timeout: float = 60.0) -> None:
+    """Switch the file to WAL, waiting for other connections doing the same.
+
+    Turning a new file to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, while another connection converts the
+    same file: processes starting together on a fresh data folder would fail. The mode
+    is stored in the file, so only the first start can wait here.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
