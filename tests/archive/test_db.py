@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,32 @@ def test_sqlite_engine_creates_the_parent_folder(tmp_path: Path) -> None:
             connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
     finally:
         engine.dispose()
+
+
+def test_sqlite_engines_opening_a_new_file_together_all_connect(tmp_path: Path) -> None:
+    """Processes starting together on a fresh data folder all switch the file to WAL."""
+    errors: list[BaseException] = []
+    for attempt in range(30):
+        url = f"sqlite:///{tmp_path}/{attempt}/catalog.db"
+        barrier = threading.Barrier(6)
+
+        def connect(url: str = url, barrier: threading.Barrier = barrier) -> None:
+            engine = make_engine(url)
+            try:
+                barrier.wait()
+                with engine.connect() as connection:
+                    connection.exec_driver_sql("SELECT 1")
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=connect) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
 
 
 def test_a_dangling_foreign_key_is_refused(catalog_engine: sa.Engine) -> None:
