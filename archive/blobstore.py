@@ -17,33 +17,47 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+import zstandard
+from sqlmodel import Session, col, select
 
 from archive.catalog import models
 from archive.catalog.bulk import insert_ignore
 from archive.catalog.db import session_scope
-from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.catalog.models import Codec, EventOutcome, EventType, ReplicaState, utcnow
 from archive.encoding import BlobDigest
 from archive.errors import BlobDigestMismatch
 from archive.packs import PackWriter, SealedPack, blob_key, pack_key
-from archive.retrieval import Location, Verifier, read_stored
+from archive.retrieval import measure_stored
 from tiers import Tier
 
 AGENT = "permafrost/ingest"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def known_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
-    """Which of these addresses the catalog already holds (with bytes stored)."""
-    wanted = list(set(b3s))
-    found: set[str] = set()
+def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
+    """Which of these addresses have at least one present copy (loose or packed).
+
+    A blob row whose every copy is damaged or missing does not count: its content
+    must be stored again when offered.
+    """
+    wanted = sorted(set(b3s))
+    present: set[str] = set()
     for i in range(0, len(wanted), 900):
         batch = wanted[i : i + 900]
-        found.update(
-            session.exec(
-                select(models.Blob.b3).where(models.Blob.b3.in_(batch))  # type: ignore[attr-defined]
-            ).all()
+        loose = select(models.Replica.blob_b3).where(
+            col(models.Replica.blob_b3).in_(batch), models.Replica.state == ReplicaState.PRESENT
         )
-    return found
+        packed = (
+            select(models.PackMember.blob_b3)
+            .join(models.Replica, col(models.Replica.pack_id) == col(models.PackMember.pack_id))
+            .where(
+                col(models.PackMember.blob_b3).in_(batch),
+                models.Replica.state == ReplicaState.PRESENT,
+            )
+        )
+        present.update(b for b in session.exec(loose).all() if b)
+        present.update(session.exec(packed).all())
+    return present
 
 
 def _blob_rows(digests: Iterable[BlobDigest], now: dt.datetime) -> list[dict[str, Any]]:
@@ -138,29 +152,28 @@ def adopt_existing(tier: Tier, b3: str) -> BlobDigest:
         BlobDigestMismatch: the object does not decode to ``b3``.
     """
     key = blob_key(b3)
-    with tier.open(key, length=4) as head:
-        magic = head.read(4)
-    codec = "zstd" if magic == b"\x28\xb5\x2f\xfd" else "raw"
-    info = tier.stat(key)
-    attempts = [codec, "raw"] if codec == "zstd" else ["raw"]
-    last: BlobDigestMismatch | None = None
-    for attempt in attempts:
-        probe = models.Blob(
-            b3=b3, sha256="", size=-1, stored_size=info.size, stored_b3="", codec=attempt
-        )
-        verifier = Verifier(probe)
+    size = tier.stat(key).size
+    with tier.open(key, length=18) as stream:
+        head = stream.read()
+    attempts: list[tuple[str, int]] = []
+    if head[:4] == ZSTD_MAGIC:
         try:
-            for chunk in read_stored(tier, Location(tier.name, "hot", key)):
-                verifier.feed(chunk)
-        except BlobDigestMismatch as exc:
-            last = exc
+            content_size = zstandard.frame_content_size(head)
+        except zstandard.ZstdError:
+            content_size = -1
+        if content_size >= 0:
+            attempts.append((Codec.ZSTD, content_size))
+    attempts.append((Codec.RAW, size))
+    found = ""
+    for codec, limit in attempts:
+        try:
+            digest = measure_stored(tier, key, codec, limit=limit)
+        except BlobDigestMismatch:
             continue
-        found = verifier.digests()
-        if found.b3 == b3:
-            return found
-        last = BlobDigestMismatch(b3, "blake3", b3, found.b3)
-    assert last is not None
-    raise last
+        if digest.b3 == b3:
+            return digest
+        found = digest.b3
+    raise BlobDigestMismatch(b3, "blake3", b3, found or "undecodable")
 
 
 @dataclass

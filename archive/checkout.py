@@ -34,36 +34,46 @@ class CheckoutReport:
 def stream_blob(
     b3: str, *, session: Session, tiers: dict[str, Tier], problems: list[str] | None = None
 ) -> Iterator[bytes]:
-    """Verified bytes of a blob, falling back to the next copy if one fails before output.
+    """Verified bytes of a blob from the cheapest good copy.
 
-    A copy that fails after bytes were handed out raises (the consumer must discard
-    what it got); :func:`write_blob` handles that by retrying into a fresh file.
+    Each chunk is released one step late, so a blob of one chunk (most files) is
+    wholly proven before any byte leaves, and a copy that fails before anything
+    was released is passed over for the next one. A copy of a larger blob that
+    fails after bytes were released raises: the consumer must discard what it got
+    (:func:`write_file` does, by writing to a temporary file).
 
     Raises:
-        Unavailable: no copy could be read.
-        BlobDigestMismatch: the copy being streamed failed its digests mid-way.
+        Unavailable: no copy could be read whole.
+        BlobDigestMismatch: the copy being streamed failed after bytes were released.
     """
     blob = get_blob(b3, session=session)
     errors: list[str] = []
     for loc in locate(b3, session=session):
         tier = tiers.get(loc.tier)
         if tier is None:
+            errors.append(f"{loc.tier}: tier not configured here")
             continue
-        stream = iter_verified(tier, loc, blob)
+        held: bytes | None = None
+        released = False
         try:
-            first = next(stream, None)
+            for chunk in iter_verified(tier, loc, blob):
+                if held is not None:
+                    released = True
+                    yield held
+                held = chunk
         except (TierError, BlobDigestMismatch) as exc:
-            errors.append(f"{loc.tier}: {exc}")
+            if released:
+                raise
+            errors.append(f"copy on {loc.tier} ({loc.key}): {exc}")
             continue
         if problems is not None:
             problems.extend(errors)
-        if first is not None:
-            yield first
-        yield from stream
+        if held is not None:
+            yield held
         return
     if problems is not None:
         problems.extend(errors)
-    raise Unavailable(f"no readable copy of blob {b3}: " + ("; ".join(errors) or "none present"))
+    raise Unavailable(f"no good copy of blob {b3}: " + ("; ".join(errors) or "none present"))
 
 
 def write_blob(

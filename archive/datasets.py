@@ -18,9 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from archive.blobstore import present_blobs
 from archive.catalog import models
 from archive.catalog.bulk import insert_all
-from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.catalog.models import EventOutcome, EventType, utcnow
 from archive.errors import InvalidInput, MissingBlobs, NotFound
 from archive.manifest import ManifestEntry, manifest_key, render
 from tiers import ObjectExists, Tier
@@ -243,24 +244,8 @@ def get_entry(version_id: int, path: str, *, session: Session) -> EntryView:
 
 def blobs_missing(b3s: Sequence[str], *, session: Session) -> list[str]:
     """Which of these addresses the archive lacks (no row, or no present copy)."""
-    wanted = sorted(set(b3s))
-    present: set[str] = set()
-    for i in range(0, len(wanted), 900):
-        batch = wanted[i : i + 900]
-        loose = select(models.Replica.blob_b3).where(
-            col(models.Replica.blob_b3).in_(batch), models.Replica.state == ReplicaState.PRESENT
-        )
-        packed = (
-            select(models.PackMember.blob_b3)
-            .join(models.Replica, models.Replica.pack_id == models.PackMember.pack_id)  # type: ignore[arg-type]
-            .where(
-                col(models.PackMember.blob_b3).in_(batch),
-                models.Replica.state == ReplicaState.PRESENT,
-            )
-        )
-        present.update(b for b in session.exec(loose).all() if b)
-        present.update(session.exec(packed).all())
-    return [b for b in wanted if b not in present]
+    present = present_blobs(b3s, session=session)
+    return sorted(set(b3s) - present)
 
 
 def dataset_document(collection: str, dataset: models.Dataset) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import blake3
 import sqlalchemy as sa
 
-from archive.blobstore import BlobSink, adopt_existing, known_blobs
+from archive.blobstore import BlobSink, adopt_existing, present_blobs
 from archive.datasets import (
     DatasetRef,
     NewEntry,
@@ -146,7 +146,7 @@ class _Ingest:
         if not batch:
             return
         with self.node.session() as session:
-            known = known_blobs((d.b3 for _, d, _ in batch), session=session)
+            known = present_blobs((d.b3 for _, d, _ in batch), session=session)
         for f, digest, stored in batch:
             self.digests[f.path] = digest
             if digest.b3 in known or digest.b3 in self.sink.stored:
@@ -175,7 +175,7 @@ class _Ingest:
         if b3 in self.sink.stored:
             return True
         with self.node.session() as session:
-            return bool(known_blobs([b3], session=session))
+            return bool(present_blobs([b3], session=session))
 
     def _encode_large(self, f: SourceFile) -> BlobDigest:
         tier = self.node.hot

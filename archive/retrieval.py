@@ -10,8 +10,9 @@ publishes damaged data.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, cast
 
 import blake3
 import sqlalchemy as sa
@@ -21,9 +22,9 @@ from sqlmodel import Session, select
 from archive.catalog import models
 from archive.catalog.models import Codec, ReplicaState
 from archive.encoding import BlobDigest
-from archive.errors import BlobDigestMismatch, NotFound, Unavailable
+from archive.errors import BlobDigestMismatch, NotFound
 from archive.packs import pack_key
-from tiers import CHUNK_SIZE, Tier, TierError
+from tiers import CHUNK_SIZE, Tier
 
 ROLE_ORDER = {"hot": 0, "cold": 1, "partner": 2}
 
@@ -83,96 +84,125 @@ def read_stored(tier: Tier, loc: Location) -> Iterator[bytes]:
             yield chunk
 
 
-class Verifier:
-    """Decodes stored bytes and checks every digest the catalog holds for the blob."""
+class _HashingReader:
+    """Reads stored bytes from a tier stream, hashing and counting them on the way."""
 
-    def __init__(self, blob: models.Blob) -> None:
-        self.blob = blob
-        self._stored_b3 = blake3.blake3()
-        self._b3 = blake3.blake3()
-        self._sha256 = hashlib.sha256()
-        self._size = 0
-        self._stored_size = 0
-        self._decoder = (
-            zstandard.ZstdDecompressor().decompressobj() if blob.codec == Codec.ZSTD else None
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hasher = blake3.blake3()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        self._hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK_SIZE):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+
+def decoded_chunks(stored: _HashingReader, codec: str, *, limit: int) -> Iterator[bytes]:
+    """Decode stored bytes in bounded chunks; never more than ``limit`` bytes out.
+
+    A damaged or hostile zstd frame can claim to expand to any size (a
+    decompression bomb); output is cut off one byte past ``limit`` so the size
+    check fails without the memory or disk ever filling.
+    """
+    produced = 0
+    if codec == Codec.ZSTD:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, stored), read_size=CHUNK_SIZE, read_across_frames=False, closefd=False
         )
+        read: Callable[[int], bytes] = reader.read
+    else:
+        read = stored.read
+    while produced <= limit:
+        try:
+            chunk = read(min(CHUNK_SIZE, limit + 1 - produced))
+        except zstandard.ZstdError as exc:
+            raise _Undecodable(str(exc)) from exc
+        if not chunk:
+            return
+        produced += len(chunk)
+        yield chunk
 
-    def feed(self, stored: bytes) -> bytes:
-        self._stored_b3.update(stored)
-        self._stored_size += len(stored)
-        if self._decoder is None:
-            out = stored
-        else:
-            try:
-                out = self._decoder.decompress(stored)
-            except zstandard.ZstdError as exc:
-                raise BlobDigestMismatch(self.blob.b3, "zstd", "a valid frame", str(exc)) from exc
-        self._b3.update(out)
-        self._sha256.update(out)
-        self._size += len(out)
-        return out
 
-    def digests(self) -> BlobDigest:
-        """What the bytes fed so far hash to (for adopting unrecorded objects)."""
-        return BlobDigest(
-            b3=self._b3.hexdigest(),
-            sha256=self._sha256.hexdigest(),
-            size=self._size,
-            stored_size=self._stored_size,
-            stored_b3=self._stored_b3.hexdigest(),
-            codec=self.blob.codec,
-        )
+class _Undecodable(Exception):
+    pass
 
-    def finish(self) -> None:
-        """Raise :class:`BlobDigestMismatch` unless every digest and size matched."""
-        blob = self.blob
-        checks = [
-            ("stored size", str(blob.stored_size), str(self._stored_size)),
-            ("stored blake3", blob.stored_b3, self._stored_b3.hexdigest()),
-            ("size", str(blob.size), str(self._size)),
-            ("blake3", blob.b3, self._b3.hexdigest()),
-            ("sha256", blob.sha256, self._sha256.hexdigest()),
-        ]
-        for algorithm, expected, found in checks:
-            if expected != found:
-                raise BlobDigestMismatch(blob.b3, algorithm, expected, found)
+
+@dataclass
+class _Measure:
+    """Digests of the decoded bytes, fed as they stream."""
+
+    b3: Any = field(default_factory=blake3.blake3)
+    sha256: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.b3.update(chunk)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
 
 
 def iter_verified(tier: Tier, loc: Location, blob: models.Blob) -> Iterator[bytes]:
-    """Decoded bytes of one copy; raises BlobDigestMismatch after the last chunk if bad."""
-    verifier = Verifier(blob)
-    for stored in read_stored(tier, loc):
-        out = verifier.feed(stored)
-        if out:
-            yield out
-    verifier.finish()
+    """Decoded bytes of one copy, in bounded chunks, every digest proven.
+
+    Raises (after the last chunk, or as soon as the size is exceeded):
+        BlobDigestMismatch: a size or digest differs, or the frame does not decode.
+    """
+    measure = _Measure()
+    key = pack_key(loc.pack_id) if loc.pack_id else loc.key
+    with tier.open(key, offset=loc.offset, length=loc.length) as raw:
+        stored = _HashingReader(raw)
+        try:
+            for chunk in decoded_chunks(stored, blob.codec, limit=blob.size):
+                measure.feed(chunk)
+                if measure.size > blob.size:
+                    break
+                yield chunk
+        except _Undecodable as exc:
+            raise BlobDigestMismatch(blob.b3, "zstd", "a valid frame", str(exc)) from exc
+        stored.drain()
+    checks = [
+        ("size", str(blob.size), str(measure.size)),
+        ("stored size", str(blob.stored_size), str(stored.size)),
+        ("stored blake3", blob.stored_b3, stored.hexdigest()),
+        ("blake3", blob.b3, measure.b3.hexdigest()),
+        ("sha256", blob.sha256, measure.sha256.hexdigest()),
+    ]
+    for algorithm, expected, found in checks:
+        if expected != found:
+            raise BlobDigestMismatch(blob.b3, algorithm, expected, found)
 
 
-def open_blob(
-    b3: str, *, session: Session, tiers: dict[str, Tier]
-) -> tuple[models.Blob, Location, Iterator[bytes]]:
-    """Pick the cheapest readable copy of a blob and return its verified byte stream.
+def measure_stored(tier: Tier, key: str, codec: str, *, limit: int) -> BlobDigest:
+    """What an unrecorded object decodes to (to adopt bytes a crash left unrecorded).
 
     Raises:
-        NotFound: no such blob.
-        Unavailable: no copy can be read now (tiers down, or none present).
+        BlobDigestMismatch: the object does not decode with ``codec``.
     """
-    blob = get_blob(b3, session=session)
-    errors: list[str] = []
-    for loc in locate(b3, session=session):
-        tier = tiers.get(loc.tier)
-        if tier is None:
-            errors.append(f"{loc.tier}: not configured here")
-            continue
+    measure = _Measure()
+    with tier.open(key) as raw:
+        stored = _HashingReader(raw)
         try:
-            key = pack_key(loc.pack_id) if loc.pack_id else loc.key
-            tier.stat(key)
-        except TierError as exc:
-            errors.append(f"{loc.tier}: {exc}")
-            continue
-        return blob, loc, iter_verified(tier, loc, blob)
-    raise Unavailable(
-        f"no readable copy of blob {b3}" + (f" ({'; '.join(errors)})" if errors else "")
+            for chunk in decoded_chunks(stored, codec, limit=limit):
+                measure.feed(chunk)
+        except _Undecodable as exc:
+            raise BlobDigestMismatch("?", "zstd", "a valid frame", str(exc)) from exc
+        stored.drain()
+    return BlobDigest(
+        b3=measure.b3.hexdigest(),
+        sha256=measure.sha256.hexdigest(),
+        size=measure.size,
+        stored_size=stored.size,
+        stored_b3=stored.hexdigest(),
+        codec=codec,
     )
 
 
@@ -184,9 +214,3 @@ def blobs_of_version(version_id: int, *, session: Session) -> list[models.Blob]:
         .distinct()
     ).all()
     return list(rows)
-
-
-def count_present(b3s: list[str], *, session: Session) -> int:
-    return session.exec(
-        select(sa.func.count()).select_from(models.Blob).where(models.Blob.b3.in_(b3s))  # type: ignore[attr-defined]
-    ).one()
