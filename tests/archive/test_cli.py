@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import blake3
+import httpx
 import pytest
 
 MiB = 1024 * 1024
@@ -176,3 +179,36 @@ def test_config_file_and_environment(cli: Cli, tree: dict[str, bytes], tmp_path:
     cli.env["PERMAFROST_ZSTD_LEVEL"] = "99"
     (cli.cwd / "permafrost.toml").unlink()
     assert "zstd_level" in cli("ls", code=2).stderr
+
+
+def test_serve_answers_over_http(cli: Cli, tree: dict[str, bytes], tmp_path: Path) -> None:
+    """`permafrost serve` on the embedded default: the API serves what the CLI ingested."""
+    cli("ingest", str(tmp_path / "src"), "-C", "lab", "-D", "d1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archive.cli", "serve", "--port", str(port)],
+        cwd=cli.cwd,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        got = httpx.get(f"{base}/api/v1/datasets/lab/d1/versions/latest/files/sub/b.csv")
+        assert got.status_code == 200
+        assert got.content == tree["sub/b.csv"]
+        assert got.headers["etag"] == f'"{blake3.blake3(tree["sub/b.csv"]).hexdigest()}"'
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
