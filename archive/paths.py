@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from archive.errors import InvalidPath, PathCollision
 
 MAX_SEGMENT_BYTES = 255
-MAX_PATH_BYTES = 4096
+MAX_PATH_BYTES = 2048
+"""Within PostgreSQL's B-tree row limit (2704 bytes) for the unique (version, path) index."""
 
 
 def normalize_path(raw: str) -> str:

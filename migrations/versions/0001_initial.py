@@ -85,7 +85,7 @@ def upgrade() -> None:
         "entry",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("version_id", sa.Integer(), nullable=False),
-        sa.Column("path", sa.String(length=4096), nullable=False),
+        sa.Column("path", sa.String(length=2048), nullable=False),
         sa.Column("blob_b3", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(["blob_b3"], ["blob.b3"], name="fk_entry_blob_b3_blob"),
         sa.ForeignKeyConstraint(["version_id"], ["version.id"], name="fk_entry_version_id_version"),

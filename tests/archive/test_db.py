@@ -13,6 +13,7 @@ from sqlmodel import Session, func, select
 
 from archive.catalog.db import make_engine, session_scope
 from archive.catalog.models import Blob, Collection, Dataset, Entry, Pack, Replica, Tier, Version
+from archive.paths import MAX_PATH_BYTES, normalize_path
 
 B3 = "b3" * 32
 PACK_ID = "9a" * 32
@@ -173,20 +174,15 @@ def test_a_replica_must_be_of_a_blob_xor_a_pack(
 
 
 def test_an_entry_path_of_the_longest_allowed_length_is_stored(
-    catalog_engine: sa.Engine, request: pytest.FixtureRequest
+    catalog_engine: sa.Engine,
 ) -> None:
-    """``Entry.path`` allows 4096 characters, but PostgreSQL's B-tree behind the unique
-    (version_id, path) constraint refuses index rows over 2704 bytes."""
-    if catalog_engine.dialect.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=sa.exc.OperationalError,
-                strict=True,
-                reason="models.py: unique (version_id, path) caps paths near 2704 bytes",
-            )
-        )
-    # 4094 characters of hex digests: nothing for the index's compression to shrink.
-    path = "/".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(63))
+    """The longest path ``archive.paths`` admits fits PostgreSQL's B-tree row limit (2704
+    bytes) behind the unique (version_id, path) constraint."""
+    # Hex digests: nothing for the index's compression to shrink.
+    path = "/".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(40))
+    path = path[:MAX_PATH_BYTES].rstrip("/")
+    assert normalize_path(path) == path
+    assert len(path.encode()) >= MAX_PATH_BYTES - 1
     _blob_pack_and_tier(catalog_engine)
     with session_scope(catalog_engine) as session:
         collection = Collection(name="c")

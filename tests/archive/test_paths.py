@@ -32,7 +32,7 @@ from archive.paths import case_collisions, normalize_path, normalize_paths
         ("del\x7f", "control"),
         ("x" * 256, "255 bytes"),
         ("é" * 128, "255 bytes"),
-        ("a/" * 2100 + "b", "4096"),
+        ("a/" * 1100 + "b", "2048"),
         ("bad\udcffname", "UTF-8"),
     ],
 )
