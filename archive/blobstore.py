@@ -76,17 +76,21 @@ def _blob_rows(digests: Iterable[BlobDigest], now: dt.datetime) -> list[dict[str
 
 
 def _digest_events(
-    digests: Iterable[BlobDigest], tier: str, now: dt.datetime
+    digests: Iterable[BlobDigest],
+    tier: str,
+    now: dt.datetime,
+    event_type: EventType = EventType.MESSAGE_DIGEST_CALCULATION,
+    agent: str = AGENT,
 ) -> list[dict[str, Any]]:
     return [
         {
-            "type": EventType.MESSAGE_DIGEST_CALCULATION,
+            "type": event_type,
             "object_type": "blob",
             "object_id": d.b3,
             "tier": tier,
             "outcome": EventOutcome.SUCCESS,
             "detail": {"blake3": d.b3, "sha256": d.sha256, "size": d.size, "codec": d.codec},
-            "agent": AGENT,
+            "agent": agent,
             "created_at": now,
         }
         for d in digests
@@ -119,7 +123,15 @@ def record_loose(digest: BlobDigest, *, tier: str, tier_id: int, session: Sessio
     insert_ignore(session, models.Event, _digest_events([digest], tier, now))
 
 
-def record_pack(pack: SealedPack, *, tier: str, tier_id: int, session: Session) -> None:
+def record_pack(
+    pack: SealedPack,
+    *,
+    tier: str,
+    tier_id: int,
+    session: Session,
+    event_type: EventType = EventType.MESSAGE_DIGEST_CALCULATION,
+    agent: str = AGENT,
+) -> None:
     now = utcnow()
     digests = [m.digest for m in pack.members]
     insert_ignore(session, models.Blob, _blob_rows(digests, now))
@@ -139,7 +151,7 @@ def record_pack(pack: SealedPack, *, tier: str, tier_id: int, session: Session) 
     insert_ignore(
         session, models.Replica, [_replica_row(tier_id, pack_key(pack.id), now, pack_id=pack.id)]
     )
-    insert_ignore(session, models.Event, _digest_events(digests, tier, now))
+    insert_ignore(session, models.Event, _digest_events(digests, tier, now, event_type, agent))
 
 
 def adopt_existing(tier: Tier, b3: str) -> BlobDigest:

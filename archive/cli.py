@@ -7,30 +7,34 @@ Every read command takes ``--json`` for scripts.
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+import uvicorn
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    DownloadColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
 from archive.checkout import checkout, stream_blob, write_file
-from archive.config import Settings, load_settings
+from archive.cli_app import (
+    JsonOpt,
+    _emit,
+    _node,
+    _progress,
+    app,
+    console,
+    db_app,
+    out,
+    state,
+)
 from archive.datasets import (
     DatasetRef,
     check_name,
@@ -47,74 +51,7 @@ from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.replicas import replicas_of_version
 from archive.verify import verify_version
-
-app = typer.Typer(
-    name="permafrost",
-    help="Permafrost: a research-data preservation archive.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-db_app = typer.Typer(help="Catalog database maintenance.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-
-console = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-class State:
-    config: Path | None = None
-    _settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.config)
-        return self._settings
-
-
-state = State()
-
-
-@app.callback()
-def _main(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="Config file (default: $PERMAFROST_CONFIG or ./permafrost.toml)."
-        ),
-    ] = None,
-) -> None:
-    state.config = config
-    state._settings = None
-
-
-@contextmanager
-def _node() -> Iterator[ArchiveNode]:
-    node = ArchiveNode.open(state.settings)
-    try:
-        yield node
-    finally:
-        node.close()
-
-
-def _emit(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[files]} files"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-        disable=not console.is_terminal,
-    )
+from archive.worker import Worker
 
 
 class _RichIngestProgress:
@@ -153,9 +90,34 @@ def ingest(
     message: Annotated[str, typer.Option("--message", "-m", help="What changed.")] = "",
     title: Annotated[str | None, typer.Option(help="Dataset title.")] = None,
     as_json: JsonOpt = False,
+    server: Annotated[
+        str | None, typer.Option(help="Send to this Permafrost server (http[s]://HOST:PORT).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="PERMAFROST_TOKEN", help="Bearer token for --server.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --server: say what would be uploaded.")
+    ] = False,
+    jobs: Annotated[int, typer.Option(min=1, max=64, help="With --server: uploads at once.")] = 4,
 ) -> None:
-    """Ingest a folder as the next version of COLLECTION/DATASET."""
+    """Ingest a folder as the next version of COLLECTION/DATASET, here or on --server."""
     ref = DatasetRef(check_name("collection", collection), check_name("dataset", dataset))
+    if server is not None:
+        cli_transfer.network_ingest_command(
+            path,
+            ref,
+            server=server,
+            token=token,
+            jobs=jobs,
+            dry_run=dry_run,
+            message=message,
+            title=title,
+            as_json=as_json,
+        )
+        return
+    if dry_run:
+        raise typer.BadParameter("--dry-run needs --server", param_hint="--dry-run")
     with _node() as node, _progress() as progress:
         report = ingest_tree(
             node,
@@ -396,18 +358,31 @@ def verify(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from config).")] = None,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Serve only; run `permafrost worker` elsewhere.")
+    ] = False,
 ) -> None:
-    """Run the HTTP API (OpenAPI at /docs)."""
-    import uvicorn
-
+    """Run the HTTP API (OpenAPI at /docs) and, unless --no-worker, an embedded worker."""
     settings = state.settings
     with _node():
         pass  # migrate the catalog and create tiers before accepting requests
     if state.config is not None:
         os.environ["PERMAFROST_CONFIG"] = str(state.config.resolve())
+    embedded: Worker | None = None
+    if not no_worker:
+        worker_node = ArchiveNode.open(settings, upgrade=False)
+        embedded = Worker(worker_node)
+        threading.Thread(target=embedded.run, name="permafrost-worker", daemon=True).start()
     bind_host, bind_port = host or settings.host, port or settings.port
-    console.print(f"Permafrost serving on http://{bind_host}:{bind_port} (API docs at /docs)")
-    uvicorn.run("web.app:create_app", factory=True, host=bind_host, port=bind_port)
+    console.print(
+        f"Permafrost serving on http://{bind_host}:{bind_port} (API docs at /docs)"
+        + ("" if no_worker else ", with an embedded worker")
+    )
+    try:
+        uvicorn.run("web.app:create_app", factory=True, host=bind_host, port=bind_port)
+    finally:
+        if embedded is not None:
+            embedded.stop.set()
 
 
 @db_app.command("upgrade")
@@ -429,7 +404,18 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _register() -> None:
+    """Commands defined in sibling modules register themselves on ``app``."""
+    importlib.import_module("archive.cli_replication")
+
+
+from archive import cli_transfer  # noqa: E402  (import-bag, export, ingest --server)
+
+cli_transfer.register(app, lambda: state.settings)
+
+
 def main() -> None:
+    _register()
     try:
         app()
     except PermafrostError as exc:

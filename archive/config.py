@@ -22,11 +22,13 @@ from pydantic_settings import (
 )
 
 from archive.errors import ConfigError
+from archive.policy import ReplicationPolicy
 
 CONFIG_FILE_NAME = "permafrost.toml"
 MiB = 1024 * 1024
 
 Role = Literal["hot", "cold", "partner"]
+RetrievalSpeed = Literal["expedited", "standard", "bulk"]
 
 
 class _TierBase(BaseModel):
@@ -58,6 +60,21 @@ class LocalTierConfig(_TierBase):
     """Flush file and folder to disk before a promote returns (only turn off for tests)."""
 
 
+class LocalColdTierConfig(_TierBase):
+    """A local folder with Glacier's read contract (``tiers.local_cold.LocalColdTier``)."""
+
+    kind: Literal["local-cold"] = "local-cold"
+    role: Role = "cold"
+    path: Path
+    restore_delay_seconds: float = Field(default=0.0, ge=0)
+    """How long a restore takes before reads are allowed (0: ready at once)."""
+    restore_days: int = Field(default=7, ge=1)
+    """How long a restore lasts unless the request says otherwise."""
+    fsync: bool = True
+    price_per_gib: float = Field(default=0.0, ge=0)
+    """What a restore is shown to cost per GiB (a local folder costs nothing by default)."""
+
+
 class S3TierConfig(_TierBase):
     kind: Literal["s3"] = "s3"
     bucket: str = Field(min_length=3)
@@ -74,9 +91,19 @@ class S3TierConfig(_TierBase):
     multipart_chunksize: int = Field(default=16 * MiB, ge=5 * MiB)
     create_bucket: bool = False
     addressing_style: Literal["auto", "path", "virtual"] = "path"
+    restore_days: int = Field(default=7, ge=1)
+    """How long a Glacier restore (``RestoreObject`` ``Days``) lasts unless asked otherwise."""
+    retrieval_hours: dict[RetrievalSpeed, float] | None = None
+    """Typical hours a restore takes per speed; unset speeds keep the defaults from AWS
+    documentation (GLACIER: expedited 0.08, standard 4, bulk 12; DEEP_ARCHIVE: standard
+    12, bulk 48; see ``tiers.s3_restore``)."""
+    retrieval_prices: dict[RetrievalSpeed, float] | None = None
+    """Retrieval price per GiB and speed; unset speeds keep AWS us-east-1 list prices."""
 
 
-TierConfig = Annotated[LocalTierConfig | S3TierConfig, Field(discriminator="kind")]
+TierConfig = Annotated[
+    LocalTierConfig | LocalColdTierConfig | S3TierConfig, Field(discriminator="kind")
+]
 
 
 class Settings(BaseSettings):
@@ -103,6 +130,18 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     """When set, the HTTP API requires ``Authorization: Bearer <token>``."""
     organization: str = "Permafrost"
+    default_policy: ReplicationPolicy | None = None
+    """Copies wanted for a collection that has no policy of its own (default: one copy
+    on a tier of each role the configuration declares)."""
+    cold_pack_below: int = Field(default=1 * MiB, ge=0)
+    """Blobs smaller than this travel to cold tiers in tar packs (0: never)."""
+    cold_pack_size: int = Field(default=64 * MiB, ge=1 * MiB)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    """How long a worker owns a claimed row; a crashed worker's rows return after this."""
+    worker_batch: int = Field(default=64, ge=1)
+    worker_poll_seconds: float = Field(default=2.0, gt=0)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -113,11 +152,20 @@ class Settings(BaseSettings):
                 "hot": LocalTierConfig(path=self.data_dir / "tiers" / "hot", role="hot"),
                 "cold": LocalTierConfig(path=self.data_dir / "tiers" / "cold", role="cold"),
             }
+        if self.default_policy is None:
+            roles = {tier.role: 1 for tier in self.tiers.values()}
+            self.default_policy = ReplicationPolicy(copies=roles)
         if self.hot_tier not in self.tiers:
             raise ValueError(
                 f"hot_tier {self.hot_tier!r} is not a declared tier ({', '.join(self.tiers)})"
             )
         return self
+
+    @property
+    def policy(self) -> ReplicationPolicy:
+        """The default replication policy (filled in from the tiers when not configured)."""
+        assert self.default_policy is not None
+        return self.default_policy
 
     @property
     def catalog_url(self) -> str:

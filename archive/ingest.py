@@ -40,6 +40,7 @@ from archive.encoding import CHUNK, BlobDigest, Encoder, pays
 from archive.errors import NotFound, UnsupportedFile
 from archive.node import ArchiveNode
 from archive.packs import blob_key
+from archive.replication import plan
 from archive.scan import SourceFile, scan_tree
 from tiers import ObjectExists
 
@@ -282,6 +283,7 @@ def ingest_tree(
                     agent=agent,
                 )
                 version_number = result.version.number
+                plan(node, session=session, collection=ref.collection)
             break
         except sa.exc.IntegrityError:
             if attempt == 2:

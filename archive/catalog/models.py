@@ -224,3 +224,35 @@ class Event(SQLModel, table=True):
     detail: dict[str, Any] = _json()
     agent: str = Field(max_length=200)
     created_at: dt.datetime = _time(index=True)
+
+
+class RestoreState(enum.StrEnum):
+    REQUESTED = "requested"
+    IN_PROGRESS = "in-progress"
+    READY = "ready"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class RestoreRequest(SQLModel, table=True):
+    """A request to bring a cold copy (loose blob or pack) back to readable (DESIGN section 6)."""
+
+    __table_args__ = (sa.Index("ix_restorerequest_state", "state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tier_id: int = Field(foreign_key="tier.id")
+    key: str = Field(max_length=1024)
+    """The cold object restored: a loose blob key or a pack key."""
+    blob_b3: str | None = Field(default=None, max_length=64)
+    """The blob the user asked for (the object may be a pack holding it)."""
+    dataset: str = Field(default="", max_length=250)
+    path: str = Field(default="", max_length=2048)
+    speed: str = Field(default="standard", max_length=20)
+    days: int = 7
+    state: str = Field(default=RestoreState.REQUESTED, max_length=20)
+    ready_at: dt.datetime | None = _time(nullable=True)
+    """When the bytes are (or are expected to be) readable."""
+    expires_at: dt.datetime | None = _time(nullable=True)
+    requested_by: str = Field(default="", max_length=200)
+    created_at: dt.datetime = _time()
+    updated_at: dt.datetime = _time()

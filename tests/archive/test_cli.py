@@ -80,8 +80,22 @@ def test_init_ingest_ls_show_get_verify(cli: Cli, tree: dict[str, bytes], tmp_pa
         assert by_path[rel]["blake3"] == blake3.blake3(content).hexdigest()
         assert by_path[rel]["sha256"] == hashlib.sha256(content).hexdigest()
         assert by_path[rel]["size"] == len(content)
-        assert [r["tier"] for r in by_path[rel]["replicas"]] == ["hot"]
+        copies = {(r["tier"], r["state"]) for r in by_path[rel]["replicas"]}
+        assert copies == {("hot", "present"), ("cold", "pending")}
     assert shown["pid"].startswith("urn:uuid:")
+    # The default policy asks for a cold copy too: one worker pass makes it.
+    status = cli.json("status")
+    assert status["datasets"]["items"][0]["summary"] == "hot 1/1, cold 0/1: copying"
+    assert cli.json("worker", "--once")["replicate"] == 4
+    status = cli.json("status")
+    assert status["datasets"]["preserved"] == 1
+    assert status["queue"]["depth"] == 0
+    shown = cli.json("show", "lab/d1")
+    for f in shown["files"]:
+        assert {(r["tier"], r["state"]) for r in f["replicas"]} == {
+            ("hot", "present"),
+            ("cold", "present"),
+        }
 
     out = tmp_path / "restored"
     cli("get", "lab/d1", "-o", str(out))
@@ -97,7 +111,7 @@ def test_init_ingest_ls_show_get_verify(cli: Cli, tree: dict[str, bytes], tmp_pa
     cli("get", "lab/d1", "a.txt", "-o", str(tmp_path / "c.bin"), code=2)
 
     verified = cli.json("verify", "lab/d1")
-    assert verified["ok"] is True and verified["copies"] == 4
+    assert verified["ok"] is True and verified["copies"] == 8  # hot and cold
 
 
 def test_second_version_and_version_selection(

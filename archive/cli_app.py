@@ -1,0 +1,96 @@
+"""The Typer application, its shared options and output helpers.
+
+Command modules (archive.cli, archive.cli_replication, ...) import ``app`` from here
+and register their commands on it; this module owns no commands itself, so the app
+is one object however the program was started (``permafrost`` or ``python -m``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from archive.config import Settings, load_settings
+from archive.node import ArchiveNode
+
+app = typer.Typer(
+    name="permafrost",
+    help="Permafrost: a research-data preservation archive.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Catalog database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+class State:
+    config: Path | None = None
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Config file (default: $PERMAFROST_CONFIG or ./permafrost.toml)."
+        ),
+    ] = None,
+) -> None:
+    state.config = config
+    state._settings = None
+
+
+@contextmanager
+def _node() -> Iterator[ArchiveNode]:
+    node = ArchiveNode.open(state.settings)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+def _emit(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[files]} files"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )

@@ -1,0 +1,118 @@
+"""CLI commands for copies: workers, status, policies (issue 3), registered on the main app."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from archive.cli_app import _emit, _node, app, console, out
+from archive.datasets import get_collection
+from archive.policy import ReplicationPolicy, parse_policy
+from archive.replication import plan, targets_of
+from archive.status import archive_status
+from archive.worker import LOOPS, Worker
+
+policy_app = typer.Typer(help="Replication policies of collections.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="One pass of each loop, then exit.")] = False,
+    loops: Annotated[
+        str, typer.Option(help=f"Comma-separated loops to run ({','.join(LOOPS)}).")
+    ] = ",".join(LOOPS),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Claim and do the archive's work (copies, restores) until SIGTERM, or once."""
+    with _node() as node:
+        w = Worker(node, loops=[x.strip() for x in loops.split(",") if x.strip()])
+        signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: w.stop.set())
+        if not once:
+            console.print(f"worker {w.owner} running {', '.join(w.loops)} (SIGTERM to stop)")
+        totals = w.run(once=once)
+    if as_json:
+        _emit(totals)
+    else:
+        out.print(", ".join(f"{k}: {v}" for k, v in totals.items()))
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Copies by tier and state, the work queue, and which datasets are preserved."""
+    with _node() as node, node.session() as session:
+        data = archive_status(node, session=session)
+    if as_json:
+        _emit(data)
+        return
+    for tier, states in data["replicas"].items():
+        out.print(f"{tier:>12}: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
+    q = data["queue"]
+    out.print(
+        f"queue: {q['depth']} copies to make"
+        + (f", oldest since {q['oldest_pending'][:19]}" if q["oldest_pending"] else "")
+    )
+    d = data["datasets"]
+    out.print(f"datasets preserved: {d['preserved']}/{d['total']}")
+    for item in d["items"]:
+        out.print(f"  {item['dataset']}@v{item['version']}: {item['summary']}", markup=False)
+
+
+@policy_app.command("show")
+def policy_show(collection: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The collection's policy and the tiers it names."""
+    with _node() as node, node.session() as session:
+        coll = get_collection(collection, session=session)
+        policy = parse_policy(coll.policy, node.settings.policy)
+        data: dict[str, Any] = {
+            "collection": collection,
+            "policy": policy.model_dump(),
+            "own": bool(coll.policy),
+            "targets": targets_of(node, coll),
+        }
+    if as_json:
+        _emit(data)
+    else:
+        where = "" if data["own"] else " (the default)"
+        out.print(f"{collection}: {policy.describe()}{where} -> {', '.join(data['targets'])}")
+
+
+@policy_app.command("set")
+def policy_set(
+    collection: str,
+    hot: Annotated[int, typer.Option(min=0)] = 1,
+    cold: Annotated[int, typer.Option(min=0)] = 1,
+    partner: Annotated[int, typer.Option(min=0)] = 0,
+    tier: Annotated[list[str] | None, typer.Option(help="A tier that must hold a copy.")] = None,
+    distinct_regions: Annotated[bool, typer.Option("--distinct-regions")] = False,
+) -> None:
+    """Set the collection's policy; missing copies are planned at once.
+
+    Copies that the new policy no longer asks for are kept and listed: nothing is
+    ever dropped silently.
+    """
+    policy = ReplicationPolicy(
+        copies={"hot": hot, "cold": cold, "partner": partner},
+        tiers=list(tier or []),
+        distinct_regions=distinct_regions,
+    )
+    with _node() as node, node.session() as session:
+        coll = get_collection(collection, session=session)
+        before = set(targets_of(node, coll))
+        coll.policy = json.loads(policy.model_dump_json())
+        after = set(targets_of(node, coll))  # raises ConfigError if unsatisfiable
+        session.add(coll)
+        session.flush()
+        added = plan(node, session=session, collection=collection)
+    out.print(
+        f"{collection}: {policy.describe()} -> {', '.join(sorted(after))}; {added} copies planned"
+    )
+    for dropped in sorted(before - after):
+        out.print(
+            f"[yellow]kept:[/] copies on {dropped} are no longer required by this policy; "
+            "they stay until removed explicitly"
+        )

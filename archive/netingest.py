@@ -1,0 +1,337 @@
+"""Ingest over the network: a folder on this machine becomes a version on a server.
+
+1. **Scan** with :func:`archive.scan.scan_tree`: the same refusals as a local ingest,
+   before anything is sent.
+2. **Hash** BLAKE3 and SHA-256 in one read per file, on threads (both hashers
+   release the GIL). A file whose size, mtime and inode match the resume journal
+   is not read at all, as rsync and restic decide.
+3. **Ask** the server which contents it lacks (``POST /blobs/missing``, 10,000 at a
+   time): it stays the authority, so a blob that lost its copies there is sent again.
+4. **Upload** each missing content once, several at a time, streamed from disk with
+   its expected digests (the server proves both), retried on connection errors and 5xx.
+5. **Commit** every entry. An identical commit creates nothing, so a rerun is harmless.
+
+The resume journal is an SQLite file in the user's cache folder
+(``platformdirs.user_cache_dir("permafrost")/journal``), one per server URL and
+absolute folder. It holds, per file, size, mtime, inode, BLAKE3, SHA-256 and when
+its content was uploaded, and is committed as work progresses, so a run stopped by a
+network failure or a sleeping laptop continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import blake3
+import platformdirs
+
+from archive.client import (
+    MAX_COMMIT_ENTRIES,
+    ArchiveClient,
+    DigestRefused,
+    FileChangedWhileSending,
+)
+from archive.datasets import DatasetRef
+from archive.errors import InvalidInput, UnsupportedFile
+from archive.scan import SourceFile, scan_tree
+
+CHUNK = 1024 * 1024
+JOURNAL_COMMIT_SECONDS = 2.0
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class TransferProgress(Protocol):
+    """Told about each phase (``hash``, ``upload``) and each file done in it."""
+
+    def phase(self, name: str, files: int, nbytes: int) -> None: ...
+
+    def advanced(self, name: str, files: int, nbytes: int) -> None: ...
+
+
+@dataclass
+class NetIngestReport:
+    dataset: str
+    server: str
+    dry_run: bool
+    files: int = 0
+    bytes: int = 0
+    hashed: int = 0
+    """Files read and hashed in this run (the journal answered for the others)."""
+    hashed_bytes: int = 0
+    missing_files: int = 0
+    """Contents the server lacked when asked (what a dry run would upload)."""
+    missing_bytes: int = 0
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    skipped: int = 0
+    """Files whose content the server already held (or that another file carried)."""
+    retries: int = 0
+    version: int | None = None
+    created: bool = False
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Digests:
+    b3: str
+    sha256: str
+
+
+def journal_path(server: str, root: Path, folder: Path | None = None) -> Path:
+    """The journal file for this server and folder (a hash of both names it)."""
+    base = folder or Path(platformdirs.user_cache_dir("permafrost")) / "journal"
+    key = hashlib.sha256(f"{server.rstrip('/')}\n{root.resolve()}".encode()).hexdigest()[:32]
+    return base / f"{key}.sqlite"
+
+
+class Journal:
+    """What this machine knows about a folder it sent to a server, by entry path."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+            " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, b3 TEXT NOT NULL,"
+            " sha256 TEXT NOT NULL, uploaded_at REAL)"
+        )
+        self.db.commit()
+        self._committed = time.monotonic()
+
+    def known(self, f: SourceFile) -> Digests | None:
+        """The digests of ``f`` if it is unchanged since they were computed."""
+        row = self.db.execute(
+            "SELECT b3, sha256 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?"
+            " AND inode = ?",
+            (f.path, f.size, f.mtime_ns, f.inode),
+        ).fetchone()
+        return Digests(row[0], row[1]) if row else None
+
+    def hashed(self, f: SourceFile, digests: Digests) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (f.path, f.size, f.mtime_ns, f.inode, digests.b3, digests.sha256),
+        )
+        self._maybe_commit()
+
+    def uploaded(self, b3: str) -> None:
+        self.db.execute("UPDATE files SET uploaded_at = ? WHERE b3 = ?", (time.time(), b3))
+        self._maybe_commit()
+
+    def forget(self, path: str) -> None:
+        self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+        self.db.commit()
+
+    def prune(self, paths: set[str]) -> None:
+        """Drop files no longer in the folder."""
+        gone = [(p,) for (p,) in self.db.execute("SELECT path FROM files") if p not in paths]
+        self.db.executemany("DELETE FROM files WHERE path = ?", gone)
+
+    def _maybe_commit(self) -> None:
+        if time.monotonic() - self._committed > JOURNAL_COMMIT_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        self.db.commit()
+        self._committed = time.monotonic()
+
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
+
+
+def hash_file(f: SourceFile) -> Digests:
+    """BLAKE3 and SHA-256 of a file in one read.
+
+    Raises:
+        UnsupportedFile: unreadable, or its length changed since the scan.
+    """
+    b3 = blake3.blake3()
+    sha = hashlib.sha256()
+    read = 0
+    try:
+        with open(f.abspath, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                b3.update(chunk)
+                sha.update(chunk)
+                read += len(chunk)
+    except OSError as exc:
+        raise UnsupportedFile(f.path, exc.strerror or str(exc)) from exc
+    if read != f.size:
+        raise UnsupportedFile(f.path, "changed while being read; run again")
+    return Digests(b3.hexdigest(), sha.hexdigest())
+
+
+def _windowed(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` as they complete, with at most ``window`` in flight."""
+    pending: dict[Future[R], T] = {}
+    it = iter(items)
+    try:
+        while True:
+            while len(pending) < window and (item := next(it, None)) is not None:
+                pending[pool.submit(fn, item)] = item
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def network_ingest(
+    client: ArchiveClient,
+    root: Path,
+    ref: DatasetRef,
+    *,
+    journal: Journal,
+    jobs: int = 4,
+    hash_threads: int | None = None,
+    dry_run: bool = False,
+    message: str = "",
+    title: str | None = None,
+    progress: TransferProgress | None = None,
+) -> NetIngestReport:
+    """Send the folder ``root`` to the server as the next version of ``ref``.
+
+    Raises:
+        InvalidTree: the folder holds what may not be archived (nothing sent).
+        ServerUnreachable: after every retry (exit 1; running again resumes).
+        ServerRefused, Unauthorized: the server said no (exit 2).
+        UnsupportedFile: a file changed while being read or sent (run again).
+    """
+    started = time.perf_counter()
+    report = NetIngestReport(f"{ref.collection}/{ref.dataset}", client.server, dry_run)
+    client.check()
+    scan = scan_tree(root)
+    report.files, report.bytes, report.warnings = len(scan.files), scan.total_bytes, scan.warnings
+    if len(scan.files) > MAX_COMMIT_ENTRIES:
+        raise InvalidInput(
+            f"{len(scan.files)} files: the server takes at most {MAX_COMMIT_ENTRIES} per version"
+        )
+    journal.prune({f.path for f in scan.files})
+    digests = _hash_all(scan.files, journal, report, hash_threads, progress)
+    first_file: dict[str, SourceFile] = {}
+    for f in scan.files:
+        first_file.setdefault(digests[f.path].b3, f)
+    missing = client.missing(sorted(first_file))
+    sending = [first_file[b3] for b3 in sorted(missing)]
+    report.missing_files = len(sending)
+    report.missing_bytes = sum(f.size for f in sending)
+    report.skipped = sum(1 for f in scan.files if digests[f.path].b3 not in missing)
+    if not dry_run:
+        _upload_all(client, sending, digests, journal, report, jobs, progress)
+        version, report.created = client.commit(
+            ref.collection,
+            ref.dataset,
+            [
+                {
+                    "path": f.path,
+                    "blake3": digests[f.path].b3,
+                    "sha256": digests[f.path].sha256,
+                    "size": f.size,
+                }
+                for f in scan.files
+            ],
+            message=message,
+            title=title,
+        )
+        report.version = int(version["number"])
+    journal.commit()
+    report.retries = client.retries
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _hash_all(
+    files: list[SourceFile],
+    journal: Journal,
+    report: NetIngestReport,
+    threads: int | None,
+    progress: TransferProgress | None,
+) -> dict[str, Digests]:
+    digests: dict[str, Digests] = {}
+    to_hash: list[SourceFile] = []
+    for f in files:
+        known = journal.known(f)
+        if known is None:
+            to_hash.append(f)
+        else:
+            digests[f.path] = known
+    report.hashed = len(to_hash)
+    report.hashed_bytes = sum(f.size for f in to_hash)
+    if progress is not None:
+        progress.phase("hash", len(to_hash), report.hashed_bytes)
+    workers = threads or max(2, os.cpu_count() or 2)
+    with ThreadPoolExecutor(workers, thread_name_prefix="hash") as pool:
+        for f, result in _windowed(pool, hash_file, to_hash, workers * 4):
+            digests[f.path] = result
+            journal.hashed(f, result)
+            if progress is not None:
+                progress.advanced("hash", 1, f.size)
+    journal.commit()
+    return digests
+
+
+def _upload_all(
+    client: ArchiveClient,
+    sending: list[SourceFile],
+    digests: dict[str, Digests],
+    journal: Journal,
+    report: NetIngestReport,
+    jobs: int,
+    progress: TransferProgress | None,
+) -> None:
+    if progress is not None:
+        progress.phase("upload", len(sending), report.missing_bytes)
+
+    def send(f: SourceFile) -> bool:
+        d = digests[f.path]
+        return client.put_blob(d.b3, d.sha256, Path(f.abspath), f.size, f.path)
+
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="upload") as pool:
+        try:
+            for f, _ in _windowed(pool, send, sending, max(1, jobs) * 2):
+                journal.uploaded(digests[f.path].b3)
+                report.uploaded_files += 1
+                report.uploaded_bytes += f.size
+                if progress is not None:
+                    progress.advanced("upload", 1, f.size)
+        except (DigestRefused, FileChangedWhileSending) as exc:
+            path = getattr(exc, "path", None) or _path_of(exc, sending, digests)
+            if path:
+                journal.forget(path)
+            raise UnsupportedFile(
+                path or "?", f"changed since it was hashed ({exc}); run again"
+            ) from exc
+        finally:
+            journal.commit()
+
+
+def _path_of(
+    exc: DigestRefused | FileChangedWhileSending,
+    sending: list[SourceFile],
+    digests: dict[str, Digests],
+) -> str | None:
+    """The file whose upload the server refused, from the digest its answer names."""
+    expected = exc.data.get("expected") if isinstance(exc, DigestRefused) else None
+    for f in sending:
+        if expected in (digests[f.path].b3, digests[f.path].sha256):
+            return f.path
+    return None

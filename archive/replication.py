@@ -1,0 +1,250 @@
+"""Replication: planning the copies each policy asks for, and making them (DESIGN section 5).
+
+The catalog is the queue. :func:`plan` turns policies into ``pending`` replica rows
+(one set-based INSERT per collection and target tier, idempotent); workers claim
+rows (archive.worker) and call :func:`copy_loose` or :func:`copy_packed`. A copy is
+streamed tier to tier (never whole in memory) from the cheapest readable copy; the
+target tier hashes what it writes and refuses to promote bytes whose BLAKE3 is not
+the blob's ``stored_b3``, so a damaged source can never become a copy; and where the
+target can be read at once, the copy is read back and hashed again before the row
+becomes ``present``. Cold tiers cannot be read back without a restore: there the
+write-time digest (and the provider's own checksum) stand until the first audit.
+Small blobs bound for cold tiers travel in tar packs, so one restore brings back
+many and a million small files do not become a million cold objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from archive.blobstore import record_pack
+from archive.catalog import models
+from archive.catalog.models import EventType, ReplicaState, utcnow
+from archive.encoding import BlobDigest
+from archive.errors import Unavailable
+from archive.node import ArchiveNode
+from archive.packs import PackWriter, SealedPack, blob_key, pack_key
+from archive.policy import TierInfo, parse_policy, target_tiers
+from archive.retrieval import Location, locate, read_stored
+from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, Tier, TierError
+
+AGENT = "permafrost/replicate"
+
+
+def configured_tiers(node: ArchiveNode) -> list[TierInfo]:
+    return [TierInfo(name, cfg.role, cfg.region) for name, cfg in node.settings.tiers.items()]
+
+
+def targets_of(node: ArchiveNode, collection: models.Collection) -> list[str]:
+    policy = parse_policy(collection.policy, node.settings.policy)
+    return target_tiers(policy, configured_tiers(node))
+
+
+def _blob_key_sql(b3: Any) -> Any:
+    return (
+        sa.literal("blobs/b3/")
+        + sa.func.substr(b3, 1, 2)
+        + sa.literal("/")
+        + sa.func.substr(b3, 3, 2)
+        + sa.literal("/")
+        + b3
+    )
+
+
+def plan(node: ArchiveNode, *, session: Session, collection: str | None = None) -> int:
+    """Add a ``pending`` replica for every blob lacking a copy on a target tier.
+
+    Returns how many rows were added. Idempotent: a blob that has a replica row on
+    the tier in any state, or sits in a pack with a replica there, is left alone.
+    """
+    tier_ids = node.tier_ids(session=session)
+    stmt = select(models.Collection)
+    if collection is not None:
+        stmt = stmt.where(models.Collection.name == collection)
+    added = 0
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    for coll in session.exec(stmt).all():
+        for tier_name in targets_of(node, coll):
+            tier_id = tier_ids[tier_name]
+            entry, version, dataset = models.Entry, models.Version, models.Dataset
+            loose = sa.exists().where(
+                col(models.Replica.blob_b3) == col(entry.blob_b3),
+                col(models.Replica.tier_id) == tier_id,
+            )
+            packed = (
+                sa.exists()
+                .where(col(models.PackMember.blob_b3) == col(entry.blob_b3))
+                .where(col(models.Replica.pack_id) == col(models.PackMember.pack_id))
+                .where(col(models.Replica.tier_id) == tier_id)
+            )
+            source = (
+                sa.select(
+                    col(entry.blob_b3),
+                    sa.literal(tier_id),
+                    sa.literal(str(ReplicaState.PENDING)),
+                    _blob_key_sql(col(entry.blob_b3)),
+                    sa.literal(0),
+                    sa.literal(now, type_=models.UTCDateTime()),
+                    sa.literal(now, type_=models.UTCDateTime()),
+                )
+                .join(version, col(version.id) == col(entry.version_id))
+                .join(dataset, col(dataset.id) == col(version.dataset_id))
+                .where(col(dataset.collection_id) == coll.id, ~loose, ~packed)
+                .distinct()
+            )
+            table = models.Replica.__table__  # type: ignore[attr-defined]
+            insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+            result = session.execute(
+                insert.from_select(
+                    ["blob_b3", "tier_id", "state", "key", "failures", "created_at", "updated_at"],
+                    source,
+                ).on_conflict_do_nothing()
+            )
+            added += max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+    return added
+
+
+@dataclass(frozen=True)
+class Claimed:
+    replica_id: int
+    blob: models.Blob
+    tier: str
+
+
+def _digest(blob: models.Blob) -> BlobDigest:
+    return BlobDigest(blob.b3, blob.sha256, blob.size, blob.stored_size, blob.stored_b3, blob.codec)
+
+
+def sources_of(b3: str, target: str, *, session: Session) -> list[Location]:
+    """Present copies to copy from, cheapest first, never the target itself."""
+    return [loc for loc in locate(b3, session=session) if loc.tier != target]
+
+
+def _stream_from_any(
+    node: ArchiveNode, sources: Sequence[Location], target: Tier, blob: models.Blob
+) -> None:
+    """Copy stored bytes to ``target`` from the first source that yields them whole.
+
+    Raises:
+        ObjectExists: the target already holds the key (proven by the caller).
+        TierError: the target failed (the caller backs off that tier).
+        Unavailable: no source could be read whole.
+    """
+    errors: list[str] = []
+    for loc in sources:
+        tier = node.tiers.get(loc.tier)
+        if tier is None:
+            continue
+        try:
+            with target.begin_put() as upload:
+                for chunk in read_stored(tier, loc):
+                    upload.write(chunk)
+                upload.promote(blob_key(blob.b3), expect_b3=blob.stored_b3)
+            return
+        except ObjectExists:
+            raise
+        except DigestMismatch as exc:  # the source copy is damaged: try the next one
+            errors.append(f"{loc.tier}: {exc}")
+        except TierError as exc:
+            if exc.tier == target.name:
+                raise
+            errors.append(f"{loc.tier}: {exc}")
+    raise Unavailable(f"no readable source for blob {blob.b3}: " + ("; ".join(errors) or "none"))
+
+
+def _read_back(tier: Tier, key: str, *, offset: int = 0, length: int | None = None) -> str:
+    hasher = blake3.blake3()
+    with tier.open(key, offset=offset, length=length) as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def copy_loose(node: ArchiveNode, item: Claimed, sources: Sequence[Location]) -> bool:
+    """Make one blob's copy on ``item.tier`` exist and prove it (idempotent).
+
+    Returns whether the copy was read back and hashed (False on cold tiers, where
+    only the write-time digest and size stand until the first audit).
+
+    Raises:
+        TierError: the target (or every source) failed; the caller retries later.
+        Unavailable: no source copy is readable now.
+    """
+    target = node.tiers[item.tier]
+    blob = item.blob
+    key = blob_key(blob.b3)
+    # ObjectExists: an earlier attempt (or a crashed worker) promoted it; proven below.
+    with contextlib.suppress(ObjectExists):
+        _stream_from_any(node, sources, target, blob)
+    if not target.capabilities.needs_restore:
+        found = _read_back(target, key)
+        if found != blob.stored_b3:
+            target.delete(key)
+            raise TierError(
+                f"read-back of {key} on {item.tier}: blake3 {found}, expected {blob.stored_b3}",
+                tier=item.tier,
+                key=key,
+            )
+        return True
+    if target.stat(key).size != blob.stored_size:
+        raise TierError(f"{key} on {item.tier} has the wrong size", tier=item.tier, key=key)
+    return False
+
+
+def copy_packed(
+    node: ArchiveNode,
+    tier_name: str,
+    blobs: Sequence[models.Blob],
+    sources: dict[str, list[Location]],
+) -> SealedPack | None:
+    """Copy many small blobs to ``tier_name`` as one tar pack; returns the sealed pack.
+
+    Blobs with no readable source are left out (and stay pending).
+    """
+    target = node.tiers[tier_name]
+    writer = PackWriter(target)
+    for blob in blobs:
+        for loc in sources.get(blob.b3, []):
+            tier = node.tiers.get(loc.tier)
+            if tier is None:
+                continue
+            try:
+                data = b"".join(read_stored(tier, loc))
+            except TierError:
+                continue
+            if blake3.blake3(data).hexdigest() == blob.stored_b3:
+                writer.add(_digest(blob), data)
+                break
+    pack = writer.seal()
+    if pack is None:
+        return None
+    if not target.capabilities.needs_restore and _read_back(target, pack_key(pack.id)) != pack.id:
+        target.delete(pack_key(pack.id))
+        raise TierError(f"read-back of pack {pack.id} failed", tier=tier_name)
+    return pack
+
+
+def record_pack_copy(
+    pack: SealedPack, replica_ids: dict[str, int], tier_id: int, tier: str, *, session: Session
+) -> None:
+    """The pack is on the tier: its rows replace the member blobs' pending rows."""
+    record_pack(
+        pack,
+        tier=tier,
+        tier_id=tier_id,
+        session=session,
+        event_type=EventType.REPLICATION,
+        agent=AGENT,
+    )
+    packed = [replica_ids[m.digest.b3] for m in pack.members if m.digest.b3 in replica_ids]
+    if packed:
+        session.execute(sa.delete(models.Replica).where(col(models.Replica.id).in_(packed)))
