@@ -25,6 +25,7 @@ import sysconfig
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,20 +177,29 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A SeaweedFS S3 endpoint on 127.0.0.1 with signed requests, for the whole session."""
-    weed = find_weed()
-    workdir = tmp_path_factory.mktemp("seaweedfs")
-    data = workdir / "data"
-    data.mkdir()
-    (workdir / "master.toml").write_text(MASTER_TOML)
+def new_server() -> tuple[S3Server, list[int]]:
+    """Credentials and free ports for a server not started yet."""
     master, volume, filer, s3, *grpc = free_ports(8)
     server = S3Server(
         endpoint_url=f"http://127.0.0.1:{s3}",
         access_key_id=f"AK{uuid.uuid4().hex[:18].upper()}",
         secret_access_key=uuid.uuid4().hex + uuid.uuid4().hex,
     )
+    return server, [master, volume, filer, s3, *grpc]
+
+
+@contextmanager
+def run_seaweedfs(workdir: Path, server: S3Server, ports: list[int]) -> Iterator[S3Server]:
+    """Run SeaweedFS on ``ports`` with its data in ``workdir`` until the block ends.
+
+    The same ``workdir``, ``server`` and ``ports`` may be run again after a stop:
+    the data survives, as a real object store's does across a restart.
+    """
+    weed = find_weed()
+    master, volume, filer, s3, *grpc = ports
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (workdir / "master.toml").write_text(MASTER_TOML)
     identity = {
         "name": "permafrost-tests",
         "credentials": [{"accessKey": server.access_key_id, "secretKey": server.secret_access_key}],
@@ -224,7 +234,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "-volume.preStopSeconds=0",
     ]
     log = workdir / "weed.log"
-    with log.open("wb") as log_file:
+    with log.open("ab") as log_file:
         process = subprocess.Popen(
             command,
             cwd=workdir,
@@ -237,10 +247,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         _stop(process)
-        shutil.rmtree(data, ignore_errors=True)
+        for sock in ("filer.sock", "s3.sock"):
+            (workdir / sock).unlink(missing_ok=True)
         for kind, port in zip(("master", "volume", "filer", "s3"), grpc, strict=True):
             # weed puts a gRPC socket per server in /tmp and leaves it there when killed
             Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 endpoint on 127.0.0.1 with signed requests, for the whole session."""
+    workdir = tmp_path_factory.mktemp("seaweedfs")
+    server, ports = new_server()
+    with run_seaweedfs(workdir, server, ports):
+        yield server
+    shutil.rmtree(workdir / "data", ignore_errors=True)
 
 
 @pytest.fixture

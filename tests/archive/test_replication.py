@@ -1,0 +1,194 @@
+"""Replication: policies become copies, made by leased workers, proven, and resumed."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import blake3
+import pytest
+from sqlmodel import col, select
+
+from archive.catalog import models
+from archive.catalog.models import ReplicaState
+from archive.config import LocalTierConfig, S3TierConfig, Settings
+from archive.datasets import get_dataset, get_version, parse_ref
+from archive.ingest import ingest_tree
+from archive.node import ArchiveNode
+from archive.packs import blob_key
+from archive.status import archive_status, version_status
+from archive.worker import Worker
+from tests.support.s3server import new_server, run_seaweedfs
+
+from .conftest import NodeFactory
+
+MiB = 1024 * 1024
+
+
+def make_tree(root: Path, small: int = 30, seed: int = 3) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    files = {f"small/{i:03}.txt": f"record {i} {rng.random()}\n".encode() * 20 for i in range(small)}
+    files["big/random.bin"] = rng.randbytes(3 * MiB)
+    files["big/text.csv"] = b"".join(f"{i},{i * i}\n".encode() for i in range(400_000))
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+def states(node: ArchiveNode) -> dict[tuple[str, str], int]:
+    with node.session() as session:
+        rows = session.exec(
+            select(models.Tier.name, models.Replica.state).join(
+                models.Tier, col(models.Tier.id) == col(models.Replica.tier_id)
+            )
+        ).all()
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        counts[(row[0], row[1])] = counts.get((row[0], row[1]), 0) + 1
+    return counts
+
+
+def test_policy_copies_are_made_proven_and_readable(node: ArchiveNode, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "src")
+    ingest_tree(node, tmp_path / "src", parse_ref("lab/rep"))
+    with node.session() as session:
+        version = get_version(get_dataset("lab", "rep", session=session), None, session=session)
+        before = version_status(node, version, session=session)
+    assert before.summary() == "hot 1/1, cold 0/1: copying"
+    assert not before.preserved
+
+    counts = Worker(node).run_once()
+    assert counts["replicate"] == len(set(files.values()))
+    with node.session() as session:
+        version = get_version(get_dataset("lab", "rep", session=session), None, session=session)
+        after = version_status(node, version, session=session)
+        overall = archive_status(node, session=session)
+    assert after.summary() == "hot 1/1, cold 1/1: preserved"
+    assert overall["queue"]["depth"] == 0
+    assert overall["datasets"]["preserved"] == 1
+
+    cold = node.tiers["cold"]
+    keys = [info.key for info in cold.list("")]
+    # Large blobs are loose, the small ones travel in one tar pack with its index.
+    big = blake3.blake3(files["big/random.bin"]).hexdigest()
+    assert blob_key(big) in keys
+    assert len([k for k in keys if k.endswith(".tar")]) == 1
+    assert len([k for k in keys if k.startswith("blobs/")]) == 2
+    # The cold copies are byte-identical stored blobs: read them back from cold only.
+    with node.hot.open(blob_key(big)) as hot_bytes, cold.open(blob_key(big)) as cold_bytes:
+        assert hot_bytes.read() == cold_bytes.read()
+    # A second pass finds nothing to do (idempotent), and no replica is duplicated.
+    assert Worker(node).run_once()["replicate"] == 0
+    assert states(node) == {
+        ("hot", "present"): 3,  # two loose blobs and one pack
+        ("cold", "present"): 3,
+    }
+
+
+def test_a_damaged_source_never_becomes_a_copy(local_node: ArchiveNode, tmp_path: Path) -> None:
+    node = local_node
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(2 * MiB)
+    (src / "only.bin").write_bytes(data)
+    ingest_tree(node, src, parse_ref("lab/dmg"))
+    b3 = blake3.blake3(data).hexdigest()
+    path = Path(node.settings.tiers["hot"].path) / blob_key(b3)  # type: ignore[union-attr]
+    path.chmod(0o644)
+    damaged = bytearray(path.read_bytes())
+    damaged[100] ^= 1
+    path.write_bytes(bytes(damaged))
+
+    Worker(node).run_once()
+    assert list(node.tiers["cold"].list("")) == []
+    with node.session() as session:
+        replica = session.exec(
+            select(models.Replica).where(models.Replica.blob_b3 == b3, models.Replica.tier_id == 2)
+        ).one()
+        assert replica.state == ReplicaState.PENDING
+        assert replica.failures == 1
+        failure = session.exec(
+            select(models.Event).where(
+                models.Event.type == "replication", models.Event.outcome == "failure"
+            )
+        ).one()
+        assert "no readable source" in failure.detail["error"]
+
+
+def test_two_workers_on_sqlite_never_claim_the_same_row(
+    local_node: ArchiveNode, tmp_path: Path
+) -> None:
+    node = local_node
+    src = tmp_path / "src"
+    for i in range(300):
+        (src / f"d{i % 7}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 7}" / f"{i}.bin").write_bytes(os.urandom(64) + bytes([i % 256]) * 2048)
+    ingest_tree(node, src, parse_ref("lab/many"))
+    claimed: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def claimer(name: str) -> None:
+        worker = Worker(node, owner=name)
+        mine: list[int] = []
+        barrier.wait()
+        for _ in range(40):
+            mine += [row[0] for row in worker._claim(small=True, limit=7)]
+        claimed[name] = mine
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [rid for ids in claimed.values() for rid in ids]
+    assert len(every) == 300  # all rows were claimed ...
+    assert len(set(every)) == len(every)  # ... and none twice
+
+
+def test_a_tier_that_goes_down_is_retried_and_completes(tmp_path: Path) -> None:
+    """The cold tier's S3 server stops mid-replication and comes back: no copy is lost,
+    nothing is marked present that is not, and the hot tier is not held up."""
+    server, ports = new_server()
+    workdir = tmp_path / "seaweedfs"
+    with run_seaweedfs(workdir, server, ports):
+        bucket = server.make_bucket()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={
+            "hot": LocalTierConfig(path=tmp_path / "data/hot", role="hot"),
+            "cold": S3TierConfig(role="cold", **server.tier_settings(bucket)),
+        },
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.2,
+        cold_pack_below=0,
+    )
+    node = ArchiveNode.open(settings)
+    try:
+        files = make_tree(tmp_path / "src", small=5)
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/down"))
+        worker = Worker(node)
+        worker.run_once()  # the S3 server is down: every copy fails and is retried later
+        assert states(node).get(("cold", "present"), 0) == 0
+        assert states(node)[("cold", "pending")] == len(set(files.values()))
+        with node.session() as session:
+            failed = session.exec(
+                select(models.Event).where(models.Event.outcome == "failure")
+            ).all()
+        assert failed and all(e.tier == "cold" for e in failed)
+
+        with run_seaweedfs(workdir, server, ports):
+            for _ in range(100):
+                worker.run_once()
+                if states(node).get(("cold", "present"), 0) == len(set(files.values())):
+                    break
+                threading.Event().wait(0.1)
+            assert states(node) == {("hot", "present"): 3, ("cold", "present"): 7}
+            client = server.client()
+            listed = client.list_objects_v2(Bucket=bucket)["Contents"]
+            client.close()
+            assert len(listed) == 7
+    finally:
+        node.close()
