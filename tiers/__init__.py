@@ -9,7 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tiers.base import CHUNK_SIZE, ObjectInfo, Tier, TierCapabilities, Upload
+from tiers.base import (
+    CHUNK_SIZE,
+    ColdTier,
+    ObjectInfo,
+    RestoreState,
+    RetrievalOption,
+    Tier,
+    TierCapabilities,
+    Upload,
+    restore_status_of,
+)
 from tiers.errors import (
     DigestMismatch,
     NeedsRestore,
@@ -22,11 +32,14 @@ from tiers.errors import (
 
 __all__ = [
     "CHUNK_SIZE",
+    "ColdTier",
     "DigestMismatch",
     "NeedsRestore",
     "ObjectExists",
     "ObjectInfo",
     "ObjectNotFound",
+    "RestoreState",
+    "RetrievalOption",
     "Tier",
     "TierCapabilities",
     "TierConfigError",
@@ -34,6 +47,7 @@ __all__ = [
     "TierUnavailable",
     "Upload",
     "open_tier",
+    "restore_status_of",
 ]
 
 #: kind -> (module, class, package that provides it)

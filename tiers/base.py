@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
 from tiers.errors import InvalidKey
 
@@ -27,6 +27,15 @@ CHUNK_SIZE = 4 * 1024 * 1024
 #: First key segment reserved for staged (not yet promoted) bytes; never a valid key,
 #: never listed.
 STAGING_SEGMENT = ".staging"
+
+#: First key segment reserved for a cold tier's restore bookkeeping (the local-cold
+#: tier keeps one small state file per restored object there); never a valid key.
+RESTORE_SEGMENT = ".restore"
+
+RESERVED_SEGMENTS = frozenset({STAGING_SEGMENT, RESTORE_SEGMENT})
+
+RestoreStatus = Literal["not-needed", "not-started", "in-progress", "ready"]
+"""Where one object stands on the way to being readable (see :class:`RestoreState`)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,48 @@ class TierCapabilities:
     needs_restore: bool = False
     """Deferred retrieval: reads need a restore first (Glacier-like)."""
     ranged_reads: bool = True
+
+
+@dataclass(frozen=True)
+class RestoreState:
+    """Whether one object can be read now, and if not, when.
+
+    ``not-needed``: the object is readable as it is (a hot tier, or an object of a
+    cold tier's bucket in an instant storage class). ``not-started``: cold and not
+    restored, or its restored copy expired. ``in-progress``: a restore was accepted;
+    ``ready_at`` estimates its completion when the tier knows (S3's ``x-amz-restore``
+    header does not say). ``ready``: readable until ``expires_at``.
+    """
+
+    status: RestoreStatus
+    ready_at: dt.datetime | None = None
+    """When the restore completed (``ready``) or is expected to (``in-progress``), if known."""
+    expires_at: dt.datetime | None = None
+    """When the restored copy goes away again (known once ``ready``)."""
+
+    @property
+    def readable(self) -> bool:
+        """``open`` would succeed now (for an existing object)."""
+        return self.status in ("not-needed", "ready")
+
+
+@dataclass(frozen=True)
+class RetrievalOption:
+    """One restore speed a cold tier offers, with its usual delay and price.
+
+    Shown to the user before a restore, so the cost and the wait are known up front.
+    The figures come from the tier's settings (typical values, not a quote).
+    """
+
+    speed: str
+    """What to pass as ``speed`` to :meth:`ColdTier.restore` (``"standard"``, ...)."""
+    typical_delay: dt.timedelta
+    price_per_gib: float
+    """Retrieval price per GiB restored, in the currency of the tier's settings."""
+
+    def cost(self, size: int) -> float:
+        """Estimated retrieval price of restoring ``size`` bytes."""
+        return self.price_per_gib * size / 2**30
 
 
 @runtime_checkable
@@ -133,6 +184,63 @@ class Tier(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ColdTier(Tier, Protocol):
+    """A tier with deferred retrieval (Glacier-like): writes are immediate, reads are not.
+
+    ``stat``, ``exists``, ``list``, ``delete`` and writes work on any object, as
+    on S3 Glacier; ``open`` of an object that is not readable now raises
+    :class:`~tiers.errors.NeedsRestore`. A restore is asked for with :meth:`restore`
+    (S3 ``RestoreObject``), completes after a delay and lasts some days, after which
+    the object needs a restore again. ``capabilities.needs_restore`` is true when
+    what the tier writes needs restores; an S3 tier of an instant storage class
+    still answers these methods, per object (a lifecycle rule may have moved some
+    objects to Glacier), with ``not-needed`` for the others.
+    """
+
+    restore_days: int
+    """How many days a restore lasts when the caller has no reason to choose."""
+
+    def restore(self, key: str, *, days: int, speed: str = "standard") -> RestoreState:
+        """Ask for ``key`` to become readable for ``days`` days, at ``speed``.
+
+        Idempotent: asking again while a restore is in progress changes nothing
+        harmful (S3 answers ``RestoreAlreadyInProgress``); asking again once ready
+        moves the expiry to ``days`` from now (S3 counts from the new request; the
+        local-cold tier only ever extends it).
+
+        Raises:
+            ObjectNotFound: no such key.
+            ValueError: ``speed`` is not one of :meth:`retrieval_options`, or
+                ``days`` is less than 1.
+        """
+        ...
+
+    def restore_status(self, key: str) -> RestoreState:
+        """Where ``key`` stands now (S3: ``HeadObject``'s ``x-amz-restore`` header).
+
+        Raises:
+            ObjectNotFound: no such key.
+        """
+        ...
+
+    def retrieval_options(self) -> list[RetrievalOption]:
+        """Every speed this tier offers, fastest first, with delay and price."""
+        ...
+
+
+def restore_status_of(tier: Tier, key: str) -> RestoreState:
+    """:meth:`ColdTier.restore_status` for a cold tier; ``not-needed`` for any other.
+
+    Raises:
+        ObjectNotFound: no such key (checked with ``stat`` on a hot tier).
+    """
+    if isinstance(tier, ColdTier):
+        return tier.restore_status(key)
+    tier.stat(key)
+    return RestoreState("not-needed")
+
+
 def copy_stream(source: BinaryIO, upload: Upload, chunk_size: int = CHUNK_SIZE) -> None:
     """Copy a binary stream into an upload in bounded chunks (flat memory)."""
     while chunk := source.read(chunk_size):
@@ -147,7 +255,7 @@ def check_key(key: str) -> str:
     One grammar for all tiers refuses whatever could escape a tier's root or make two
     spellings name one object: a leading ``/``, empty, ``.`` or ``..`` segments, a
     backslash (a separator on Windows), NUL and other control characters, and the
-    reserved :data:`STAGING_SEGMENT` as first segment.
+    reserved :data:`STAGING_SEGMENT` and :data:`RESTORE_SEGMENT` as first segment.
     """
     _check_characters(key, "key")
     if not key:
@@ -155,8 +263,9 @@ def check_key(key: str) -> str:
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey(f"key {key!r} has an empty, '.' or '..' segment", key=key)
-    if key.split("/", 1)[0] == STAGING_SEGMENT:
-        raise InvalidKey(f"key {key!r} is inside the reserved {STAGING_SEGMENT}/ area", key=key)
+    first = key.split("/", 1)[0]
+    if first in RESERVED_SEGMENTS:
+        raise InvalidKey(f"key {key!r} is inside the reserved {first}/ area", key=key)
     return key
 
 

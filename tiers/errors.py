@@ -15,6 +15,8 @@ connection errors) into this tree at the boundary, with ``raise ... from exc``::
 
 from __future__ import annotations
 
+import datetime as dt
+
 
 class TierError(Exception):
     """Base of every tier failure."""
@@ -50,7 +52,25 @@ class DigestMismatch(TierError):
 
 
 class NeedsRestore(TierError):
-    """The object is in a deferred-retrieval (cold) tier and was not restored."""
+    """The object is in a deferred-retrieval (cold) tier and was not restored.
+
+    ``status`` is ``"not-started"`` (ask for a restore) or ``"in-progress"`` (one was
+    asked for; ``ready_at`` estimates when it completes, when the tier knows), or
+    None when the tier could not tell.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tier: str | None = None,
+        key: str | None = None,
+        status: str | None = None,
+        ready_at: dt.datetime | None = None,
+    ) -> None:
+        super().__init__(message, tier=tier, key=key)
+        self.status = status
+        self.ready_at = ready_at
 
 
 class TierUnavailable(TierError):

@@ -48,7 +48,7 @@ __all__ = ["TierConformance"]
 MiB = 1024 * 1024
 SIZES = ["small", "large"]
 INVALID_KEYS = ["", "/abs", "../up", "a/../b", "a//b", "a/./b", "a/", "a\\b", "a\x00b", "a\nb"]
-INVALID_KEYS += [".staging/x", ".staging"]
+INVALID_KEYS += [".staging/x", ".staging", ".restore/x", ".restore"]
 #: (offset, length) over a 1000-byte object: start, middle, end, across and past the end.
 RANGES_OF_1000 = [(0, 10), (0, None), (500, 100), (990, None), (995, 100), (1000, None)]
 RANGES_OF_1000 += [(1000, 10), (5000, None), (5000, 3), (10, 0), (0, 1000), (999, 1)]
