@@ -53,6 +53,7 @@ __all__ = [
 #: kind -> (module, class, package that provides it)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "local": ("tiers.local", "LocalTier", "permafrost"),
+    "local-cold": ("tiers.local_cold", "LocalColdTier", "permafrost"),
     "s3": ("tiers.s3", "S3Tier", "boto3"),
 }
 
