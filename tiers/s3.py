@@ -15,8 +15,8 @@ object under its key, and never replaces one:
   staging object is deleted. The staging upload keeps the default storage class so
   a cold class's minimum storage duration is not charged for a scratch object.
 
-The write path is :mod:`tiers.s3_upload`; reads, listing, deletion, the bucket check
-and the translation of botocore errors are here.
+The write path is :mod:`tiers.s3_upload`, the translation of botocore errors is
+:mod:`tiers.s3_errors`; reads, listing, deletion and the bucket check are here.
 
 Abandoned multipart uploads (a crashed writer) cost storage until aborted: give
 the bucket a lifecycle rule ``AbortIncompleteMultipartUpload`` and one expiring
@@ -34,17 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ProfileNotFound,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tiers.base import (
     STAGING_SEGMENT,
@@ -54,14 +44,8 @@ from tiers.base import (
     check_prefix,
     copy_stream,
 )
-from tiers.errors import (
-    NeedsRestore,
-    ObjectExists,
-    ObjectNotFound,
-    TierConfigError,
-    TierError,
-    TierUnavailable,
-)
+from tiers.errors import ObjectExists, ObjectNotFound, TierConfigError, TierError
+from tiers.s3_errors import translate_error
 from tiers.s3_upload import (
     COPY_PART_SIZE,
     MAX_COPY_SIZE,
@@ -78,26 +62,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = ["S3Tier", "S3Upload", "translate_error"]
-
-_CONFIG_CODES = frozenset(
-    {
-        "NoSuchBucket",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AllAccessDisabled",
-        "InvalidBucketName",
-        "PermanentRedirect",
-        "AuthorizationHeaderMalformed",
-        "InvalidToken",
-        "ExpiredToken",
-        "InvalidStorageClass",
-    }
-)
-_UNAVAILABLE_CODES = frozenset(
-    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
-)
-_DAMAGED_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 
 
 class S3Tier:
@@ -330,34 +294,6 @@ class _BodyReader(io.RawIOBase):
     def close(self) -> None:
         self._body.close()
         super().close()
-
-
-def translate_error(exc: ClientError | BotoCoreError, *, tier: str, key: str | None) -> TierError:
-    """Map a botocore error onto the tier error tree, by S3 error code then HTTP status."""
-    where = f"{key}: " if key else f"tier {tier!r}: "
-    if isinstance(exc, ClientError):
-        code, status = error_code(exc), http_status(exc)
-        message = f"{where}{exc.operation_name} answered {status} {code}: {exc}"
-        if code == "InvalidObjectState":
-            return NeedsRestore(message, tier=tier, key=key)
-        if code in _CONFIG_CODES or status in (301, 403):
-            return TierConfigError(message, tier=tier, key=key)
-        if code in ("NoSuchKey", "NotFound") or status == 404:
-            return ObjectNotFound(message, tier=tier, key=key)
-        if code == "PreconditionFailed" or status == 412:
-            return ObjectExists(f"{where}already stored", tier=tier, key=key)
-        if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
-            return TierUnavailable(message, tier=tier, key=key)
-        error = TierError(message, tier=tier, key=key)
-        error.retryable = code in _DAMAGED_CODES  # damaged in transit: sending again helps
-        return error
-    if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
-        return TierUnavailable(f"{where}{exc}", tier=tier, key=key)
-    if isinstance(
-        exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound | NoRegionError
-    ):
-        return TierConfigError(f"{where}{exc}", tier=tier, key=key)
-    return TierError(f"{where}{exc}", tier=tier, key=key)
 
 
 #: Clients are thread-safe, sessions are not: creating a client holds this lock.
