@@ -15,8 +15,12 @@ object under its key, and never replaces one:
   staging object is deleted. The staging upload keeps the default storage class so
   a cold class's minimum storage duration is not charged for a scratch object.
 
-The write path is :mod:`tiers.s3_upload`, the translation of botocore errors is
-:mod:`tiers.s3_errors`; reads, listing, deletion and the bucket check are here.
+The write path is :mod:`tiers.s3_upload`, Glacier restores (``RestoreObject``,
+``x-amz-restore``) are :mod:`tiers.s3_restore`, the translation of botocore errors is
+:mod:`tiers.s3_errors`; reads, listing, deletion and the bucket check are here. With
+``storage_class`` ``GLACIER`` or ``DEEP_ARCHIVE`` the tier needs restores before reads
+(``capabilities.needs_restore``); whatever its class, it answers :class:`~tiers.base.ColdTier`'s
+``restore``/``restore_status`` per object, for objects a lifecycle rule moved to Glacier.
 
 Abandoned multipart uploads (a crashed writer) cost storage until aborted: give
 the bucket a lifecycle rule ``AbortIncompleteMultipartUpload`` and one expiring
@@ -25,6 +29,7 @@ the bucket a lifecycle rule ``AbortIncompleteMultipartUpload`` and one expiring
 
 from __future__ import annotations
 
+import builtins
 import functools
 import io
 import threading
@@ -39,13 +44,22 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tiers.base import (
     STAGING_SEGMENT,
     ObjectInfo,
+    RestoreState,
+    RetrievalOption,
     TierCapabilities,
     check_key,
     check_prefix,
     copy_stream,
 )
-from tiers.errors import ObjectExists, ObjectNotFound, TierConfigError, TierError
+from tiers.errors import NeedsRestore, ObjectExists, ObjectNotFound, TierConfigError, TierError
 from tiers.s3_errors import translate_error
+from tiers.s3_restore import (
+    ARCHIVE_STORAGE_CLASSES,
+    RetrievalTable,
+    needs_restore_error,
+    request_restore,
+    restore_status,
+)
 from tiers.s3_upload import (
     COPY_PART_SIZE,
     MAX_COPY_SIZE,
@@ -60,6 +74,7 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import HeadObjectOutputTypeDef
 
 __all__ = ["S3Tier", "S3Upload", "translate_error"]
 
@@ -71,8 +86,12 @@ class S3Tier:
     touches the network until the first operation, which checks the bucket once
     (``HeadBucket``) and creates it when ``create_bucket`` is set.
 
+    ``restore_days``, ``retrieval_hours`` and ``retrieval_prices`` serve the cold
+    classes (see :mod:`tiers.s3_restore`; unset speeds keep the class's defaults).
+
     Raises:
-        TierConfigError: unknown profile or part sizes S3 would refuse.
+        TierConfigError: unknown profile, part sizes S3 would refuse, or retrieval
+            settings for speeds the storage class does not offer.
     """
 
     capabilities = TierCapabilities(atomic_promote=True, native_digests=True)
@@ -93,6 +112,9 @@ class S3Tier:
         multipart_chunksize: int = 16 * MiB,
         create_bucket: bool = False,
         addressing_style: Literal["auto", "path", "virtual"] = "path",
+        restore_days: int = 7,
+        retrieval_hours: dict[str, float] | None = None,
+        retrieval_prices: dict[str, float] | None = None,
     ) -> None:
         self.name = name
         self.bucket = bucket
@@ -102,6 +124,15 @@ class S3Tier:
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self.create_bucket = create_bucket
+        self.capabilities = TierCapabilities(
+            native_digests=True, needs_restore=storage_class in ARCHIVE_STORAGE_CLASSES
+        )
+        self.restore_days = restore_days
+        self.retrieval = RetrievalTable.build(
+            name, storage_class, retrieval_hours, retrieval_prices
+        )
+        if restore_days < 1:
+            raise TierConfigError(f"tier {name!r}: restore_days must be at least 1", tier=name)
         if multipart_chunksize < MIN_PART_SIZE or multipart_threshold < 0:
             raise TierConfigError(
                 f"tier {name!r}: multipart_chunksize must be at least 5 MiB (the S3 minimum "
@@ -153,12 +184,14 @@ class S3Tier:
         """Stream the ``GetObject`` body, with a ``Range`` header for a partial read.
 
         A range past the end reads as empty (S3 answers 416 there), as on every tier.
+        An archived object not restored raises NeedsRestore (``InvalidObjectState``).
         """
         check_key(key)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError(f"negative range: offset={offset}, length={length}")
-        if length == 0:
-            self.stat(key)  # still ObjectNotFound for a missing key
+        if length == 0:  # no GetObject: still ObjectNotFound or NeedsRestore as one would
+            if not self.restore_status(key).readable:
+                raise needs_restore_error(self, key)
             return io.BytesIO()
         self._ensure_bucket()
         extra: dict[str, Any] = {}
@@ -170,6 +203,8 @@ class S3Tier:
                 response = self.client.get_object(
                     Bucket=self.bucket, Key=self.prefix + key, **extra
                 )
+        except NeedsRestore as exc:
+            raise needs_restore_error(self, key) from exc
         except TierError as exc:
             if http_status(exc.__cause__) == 416:
                 return io.BytesIO()
@@ -178,12 +213,7 @@ class S3Tier:
 
     def stat(self, key: str) -> ObjectInfo:
         """``HeadObject`` with ``ChecksumMode=ENABLED``, so the stored SHA-256 is reported."""
-        check_key(key)
-        self._ensure_bucket()
-        with self._errors(key):
-            head = self.client.head_object(
-                Bucket=self.bucket, Key=self.prefix + key, ChecksumMode="ENABLED"
-            )
+        head = self._head(key)
         return ObjectInfo(
             key=key,
             size=head["ContentLength"],
@@ -232,8 +262,28 @@ class S3Tier:
         except ObjectNotFound:
             pass
 
+    def restore(self, key: str, *, days: int, speed: str = "standard") -> RestoreState:
+        """``RestoreObject`` (see :func:`tiers.s3_restore.request_restore`)."""
+        return request_restore(self, key, days=days, speed=speed)
+
+    def restore_status(self, key: str) -> RestoreState:
+        """``HeadObject``'s ``x-amz-restore``; ``not-needed`` outside GLACIER/DEEP_ARCHIVE."""
+        return restore_status(self, key)
+
+    def retrieval_options(self) -> builtins.list[RetrievalOption]:
+        """Expedited (GLACIER only), Standard, Bulk: typical delay and price per GiB."""
+        return self.retrieval.options()
+
     def close(self) -> None:
         self.client.close()
+
+    def _head(self, key: str) -> HeadObjectOutputTypeDef:
+        check_key(key)
+        self._ensure_bucket()
+        with self._errors(key):
+            return self.client.head_object(
+                Bucket=self.bucket, Key=self.prefix + key, ChecksumMode="ENABLED"
+            )
 
     def _ensure_bucket(self) -> None:
         """``HeadBucket`` once, so a wrong bucket name fails loudly instead of as 404s."""

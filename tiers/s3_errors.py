@@ -58,8 +58,8 @@ def translate_error(exc: ClientError | BotoCoreError, *, tier: str, key: str | N
     if isinstance(exc, ClientError):
         code, status = error_code(exc), http_status(exc)
         message = f"{where}{exc.operation_name} answered {status} {code}: {exc}"
-        if code == "InvalidObjectState":
-            return NeedsRestore(message, tier=tier, key=key)
+        if code == "InvalidObjectState":  # GetObject of an archived object not restored
+            return NeedsRestore(f"{message}; restore it first", tier=tier, key=key)
         if code in _CONFIG_CODES or status in (301, 403):
             return TierConfigError(message, tier=tier, key=key)
         if code in ("NoSuchKey", "NotFound") or status == 404:
