@@ -2,5 +2,6 @@
 
 pytest_plugins = [
     "tests.support.s3server",
+    "tests.support.moto_server",
     "tests.support.database",
 ]
