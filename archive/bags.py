@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 import unicodedata
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ from typing import Any
 
 import bagit
 
-from archive.errors import InvalidInput, InvalidTree, UnsupportedFile
-from archive.scan import scan_tree
+from archive.errors import InvalidInput, InvalidTree
+from archive.scan import ScanResult, scan_tree
 
 DECLARATION = re.compile(
     r"^BagIt-Version: (?P<version>[0-9]+\.[0-9]+)[ \t]*\r?\n"
@@ -152,16 +153,24 @@ class _LogCollector(logging.Handler):
 def check_bag(path: Path) -> CheckedBag:
     """Validate the bag in folder ``path`` completely (every digest of every file).
 
+    Files are looked at before any is read: a symbolic link out of the bag, a FIFO
+    or a device would otherwise be followed, blocked on or read forever by the
+    validator.
+
     Raises:
         InvalidBag: every reason the bag is refused.
     """
     reasons = _check_declaration(path)
+    scan_reasons, scan = _check_files(path)
+    if scan_reasons:
+        raise InvalidBag(path.name, [_relative(r, path) for r in reasons + scan_reasons])
+    warnings: list[str] = []
     collector = _LogCollector()
     logger = logging.getLogger("bagit")
     logger.addHandler(collector)
     try:
         bag = _StrictBag(str(path))
-        reasons += _check_manifests(bag)
+        reasons += _check_manifests(bag) + _check_fetch(bag, warnings)
         bag.validate(processes=1)
     except bagit.BagValidationError as exc:
         reasons += [str(d) for d in exc.details] or [exc.message]
@@ -173,24 +182,28 @@ def check_bag(path: Path) -> CheckedBag:
         reasons += [f"bagit: {message}" for message in collector.errors]
     finally:
         logger.removeHandler(collector)
+    if not reasons:
+        info = {label: _info_value(value) for label, value in bag.info.items()}
+        reasons += _check_info(info)
     if reasons:
         raise InvalidBag(path.name, [_relative(r, path) for r in reasons])
+    assert scan is not None
     checked = CheckedBag(
         path=path,
         version=bag.tags["BagIt-Version"],
         algorithms=_algorithms(bag.manifest_files()),
-        info={label: _info_value(value) for label, value in bag.info.items()},
+        info=info,
         sha256={
             unicodedata.normalize("NFC", p[len("data/") :]): h["sha256"].lower()
             for p, h in bag.payload_entries().items()
             if "sha256" in h
         },
-        warnings=collector.warnings + [f"{p}: not percent-encoded" for p in bag.literal_paths],
+        files=len(scan.files),
+        bytes=scan.total_bytes,
     )
-    problems = _check_payload(bag, checked)
-    if problems:
-        raise InvalidBag(path.name, [_relative(p, path) for p in problems])
-    checked.warnings = [_relative(w, path) for w in checked.warnings + _advice(bag, checked)]
+    warnings = collector.warnings + warnings + scan.warnings
+    warnings += [f"{p}: not percent-encoded" for p in bag.literal_paths] + _advice(bag, checked)
+    checked.warnings = [_relative(w, path) for w in warnings]
     return checked
 
 
@@ -288,36 +301,53 @@ def _info_value(value: str | list[str]) -> str | list[str]:
     return unfold(value)
 
 
-def _check_payload(bag: _StrictBag, checked: CheckedBag) -> list[str]:
-    """fetch.txt and what ingest would refuse, counted before anything is stored."""
+def _check_files(path: Path) -> tuple[list[str], ScanResult | None]:
+    """Tag files must be regular files; the payload what ingest accepts (archive.scan)."""
     reasons: list[str] = []
-    for label, value in checked.info.items():
-        for text in [label, *(value if isinstance(value, list) else [value])]:
-            if "\x00" in text:
-                reasons.append(f"bag-info.txt: label {label!r} holds a NUL character")
+    for folder, dirs, files in os.walk(path):
+        if folder == str(path):
+            dirs[:] = [d for d in dirs if d != "data"]
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            mode = os.lstat(full).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                reasons.append(f"{os.path.relpath(full, path)}: not a regular file or folder")
+    data = path / "data"
+    if data.is_symlink() or not data.is_dir():
+        if data.is_symlink():
+            reasons.append("data is a symbolic link")
+        return reasons, None  # bagit says that data/ is missing
+    try:
+        scan = scan_tree(data)
+    except InvalidTree as exc:
+        return reasons + [str(p) for p in exc.problems], None
+    return reasons, scan
+
+
+def _check_fetch(bag: _StrictBag, warnings: list[str]) -> list[str]:
+    """fetch.txt (RFC 8493 §2.2.3): nothing is fetched, so what it lists must be here."""
     try:
         fetched = [decode_path(name) for _, _, name in bag.fetch_entries()]
     except ValueError:
-        reasons.append("fetch.txt: a line is not 'URL LENGTH FILEPATH' (RFC 8493 §2.2.3)")
-        fetched = []
+        return ["fetch.txt: a line is not 'URL LENGTH FILEPATH' (RFC 8493 §2.2.3)"]
     absent = [n for n in fetched if not os.path.isfile(os.path.join(bag.path, n))]
     if absent:
-        reasons.append(
+        return [
             f"fetch.txt lists {len(absent)} file(s) not in the bag ({', '.join(absent[:5])}); "
             "Permafrost does not fetch remote content: complete the bag first"
-        )
-    elif fetched:
-        checked.warnings.append(f"fetch.txt ignored: all {len(fetched)} file(s) it lists are here")
-    try:
-        scan = scan_tree(Path(bag.path) / "data")
-    except InvalidTree as exc:
-        reasons += [str(p) for p in exc.problems]
-    except UnsupportedFile as exc:
-        reasons.append(str(exc))
-    else:
-        checked.files, checked.bytes = len(scan.files), scan.total_bytes
-        checked.warnings += scan.warnings
-    return reasons
+        ]
+    if fetched:
+        warnings.append(f"fetch.txt ignored: all {len(fetched)} file(s) it lists are here")
+    return []
+
+
+def _check_info(info: dict[str, str | list[str]]) -> list[str]:
+    """Text the catalog cannot store (PostgreSQL refuses NUL in text and JSON)."""
+    return [
+        f"bag-info.txt: label {label!r} holds a NUL character"
+        for label, value in info.items()
+        if any("\x00" in t for t in [label, *(value if isinstance(value, list) else [value])])
+    ]
 
 
 def _advice(bag: _StrictBag, checked: CheckedBag) -> list[str]:
