@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -22,14 +27,14 @@ from archive.status import archive_status, version_status
 from archive.worker import Worker
 from tests.support.s3server import new_server, run_seaweedfs
 
-from .conftest import NodeFactory
-
 MiB = 1024 * 1024
 
 
 def make_tree(root: Path, small: int = 30, seed: int = 3) -> dict[str, bytes]:
     rng = random.Random(seed)
-    files = {f"small/{i:03}.txt": f"record {i} {rng.random()}\n".encode() * 20 for i in range(small)}
+    files = {
+        f"small/{i:03}.txt": f"record {i} {rng.random()}\n".encode() * 20 for i in range(small)
+    }
     files["big/random.bin"] = rng.randbytes(3 * MiB)
     files["big/text.csv"] = b"".join(f"{i},{i * i}\n".encode() for i in range(400_000))
     for rel, data in files.items():
@@ -191,4 +196,137 @@ def test_a_tier_that_goes_down_is_retried_and_completes(tmp_path: Path) -> None:
             client.close()
             assert len(listed) == 7
     finally:
+        node.close()
+
+
+def _config(path: Path, data: Path, database_url: str | None, **extra: object) -> dict[str, str]:
+    """A permafrost.toml for worker processes, and an environment naming it."""
+    lines = [f'data_dir = "{data}"']
+    if database_url:
+        lines.append(f'database_url = "{database_url}"')
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    lines += [
+        '[tiers.hot]\nkind = "local"\nrole = "hot"\npath = "' + str(data / "hot") + '"',
+        '[tiers.cold]\nkind = "local"\nrole = "cold"\npath = "' + str(data / "cold") + '"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
+    env["PERMAFROST_CONFIG"] = str(path)
+    return env
+
+
+def _start_worker(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "archive.cli", "worker"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_copy_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL while a large copy streams: nothing partial is ever present; after the
+    lease expires another worker finishes the copy."""
+    data = tmp_path / "data"
+    env = _config(tmp_path / "permafrost.toml", data, None, lease_seconds=2)
+    settings = Settings(
+        data_dir=data,
+        lease_seconds=2,
+        tiers={
+            "hot": LocalTierConfig(path=data / "hot", role="hot"),
+            "cold": LocalTierConfig(path=data / "cold", role="cold"),
+        },
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(160 * MiB)
+    (src / "big.bin").write_bytes(big)
+    node = ArchiveNode.open(settings)
+    try:
+        ingest_tree(node, src, parse_ref("lab/kill"))
+        b3 = blake3.blake3(big).hexdigest()
+        proc = _start_worker(env, tmp_path)
+        _wait(lambda: states(node).get(("cold", "copying"), 0) == 1, 60, "the copy to start")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert ("cold", "present") not in states(node)
+        cold = node.tiers["cold"]
+        if cold.exists(blob_key(b3)):  # promoted just before the kill: it must be whole
+            with cold.open(blob_key(b3)) as stored:
+                assert blake3.blake3(stored.read()).hexdigest() == b3
+        time.sleep(2.5)  # the dead worker's lease expires
+        Worker(node).run_once()
+        assert states(node)[("cold", "present")] == 1
+        with cold.open(blob_key(b3)) as stored:
+            assert stored.read() == big
+    finally:
+        node.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_four_workers_on_postgres_copy_each_blob_once(
+    postgres_schema_url: str, tmp_path: Path
+) -> None:
+    """4 worker processes, one PostgreSQL catalog, 5,000 blobs, one worker SIGKILLed."""
+    data = tmp_path / "data"
+    env = _config(
+        tmp_path / "permafrost.toml",
+        data,
+        postgres_schema_url,
+        lease_seconds=3,
+        cold_pack_below=0,
+        worker_poll_seconds=0.2,
+    )
+    src = tmp_path / "src"
+    for i in range(5000):
+        (src / f"d{i % 50}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 50}" / f"{i}.dat").write_bytes(f"blob number {i}\n".encode() * 8)
+    settings = Settings(
+        data_dir=data,
+        database_url=postgres_schema_url,
+        tiers={
+            "hot": LocalTierConfig(path=data / "hot", role="hot"),
+            "cold": LocalTierConfig(path=data / "cold", role="cold"),
+        },
+    )
+    node = ArchiveNode.open(settings)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ingest_tree(node, src, parse_ref("lab/scale"))
+        procs = [_start_worker(env, tmp_path) for _ in range(4)]
+        _wait(lambda: states(node).get(("cold", "present"), 0) >= 800, 240, "some copies")
+        procs[0].send_signal(signal.SIGKILL)
+        _wait(lambda: states(node).get(("cold", "present"), 0) == 5000, 600, "every copy")
+        for proc in procs[1:]:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+        cold_objects = [info.key for info in node.tiers["cold"].list("blobs/")]
+        assert len(cold_objects) == len(set(cold_objects)) == 5000
+        with node.session() as session:
+            events = session.exec(
+                select(models.Event.object_id).where(
+                    models.Event.type == "replication", models.Event.outcome == "success"
+                )
+            ).all()
+            replicas = session.exec(select(models.Replica).where(models.Replica.tier_id == 2)).all()
+        assert sorted(events) == sorted({e for e in events})  # one success per blob
+        assert len(events) == 5000
+        assert len(replicas) == 5000
+        assert {r.state for r in replicas} == {ReplicaState.PRESENT}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         node.close()
