@@ -19,9 +19,15 @@ from sqlmodel import Session
 
 from archive.catalog import models
 from archive.datasets import EntryView, iter_entries
-from archive.errors import BlobDigestMismatch, InvalidInput, NotFound, Unavailable
+from archive.errors import (
+    BlobDigestMismatch,
+    InvalidInput,
+    NotFound,
+    RestoreRequired,
+    Unavailable,
+)
 from archive.retrieval import get_blob, iter_verified, locate
-from tiers import Tier, TierError
+from tiers import NeedsRestore, Tier, TierError
 
 
 @dataclass
@@ -48,6 +54,7 @@ def stream_blob(
     """
     blob = get_blob(b3, session=session)
     errors: list[str] = []
+    cold: list[tuple[str, str]] = []
     for loc in locate(b3, session=session):
         tier = tiers.get(loc.tier)
         if tier is None:
@@ -61,6 +68,9 @@ def stream_blob(
                     released = True
                     yield held
                 held = chunk
+        except NeedsRestore:
+            cold.append((loc.tier, loc.key))
+            continue
         except (TierError, BlobDigestMismatch) as exc:
             if released:
                 raise
@@ -73,6 +83,8 @@ def stream_blob(
         return
     if problems is not None:
         problems.extend(errors)
+    if cold:
+        raise RestoreRequired(b3, cold)
     raise Unavailable(f"no good copy of blob {b3}: " + ("; ".join(errors) or "none present"))
 
 
@@ -86,6 +98,7 @@ def write_blob(
 ) -> None:
     """Write a blob's verified bytes to ``dest``, trying each copy until one is whole."""
     errors: list[str] = []
+    cold: list[tuple[str, str]] = []
     for loc in locate(blob.b3, session=session):
         tier = tiers.get(loc.tier)
         if tier is None:
@@ -95,12 +108,17 @@ def write_blob(
         try:
             for chunk in iter_verified(tier, loc, blob):
                 dest.write(chunk)
+        except NeedsRestore:
+            cold.append((loc.tier, loc.key))
+            continue
         except (TierError, BlobDigestMismatch) as exc:
             errors.append(f"copy on {loc.tier} ({loc.key}): {exc}")
             continue
         problems.extend(errors)
         return
     problems.extend(errors)
+    if cold:
+        raise RestoreRequired(blob.b3, cold)
     raise Unavailable(f"no good copy of blob {blob.b3}: " + ("; ".join(errors) or "none present"))
 
 

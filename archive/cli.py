@@ -7,7 +7,6 @@ Every read command takes ``--json`` for scripts.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
@@ -35,6 +34,7 @@ from archive.cli_app import (
     out,
     state,
 )
+from archive.cli_replication import eta
 from archive.datasets import (
     DatasetRef,
     check_name,
@@ -46,10 +46,11 @@ from archive.datasets import (
     list_versions,
     parse_ref,
 )
-from archive.errors import PermafrostError
+from archive.errors import PermafrostError, RestoreRequired
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.replicas import replicas_of_version
+from archive.restore import latest_ready_at, plan_restore, request_restore
 from archive.verify import verify_version
 from archive.worker import Worker
 
@@ -256,47 +257,79 @@ def get(
         ds = get_dataset(r.collection, r.dataset, session=session)
         version = get_version(ds, r.version, session=session)
         assert version.id is not None
-        problems: list[str] = []
-        if path is not None and str(output) == "-":
-            entry = get_entry(version.id, path, session=session)
-            sink = sys.stdout.buffer
-            for chunk in stream_blob(
-                entry.b3, session=session, tiers=node.tiers, problems=problems
-            ):
-                sink.write(chunk)
-            sink.flush()
-            files, nbytes = 1, entry.size
-        elif path is not None and _is_entry(version.id, path, session):
-            entry = get_entry(version.id, path, session=session)
-            dest = output / Path(path).name if output.is_dir() else output
-            write_file(
-                entry,
-                dest,
+        try:
+            files, nbytes, problems = _get(node, version, path, output, overwrite, session)
+        except RestoreRequired:
+            # Only cold copies: ask for them now (standard speed), say when, exit 3.
+            plan = plan_restore(node, version, path, session=session)
+            requests = request_restore(
+                node,
+                plan,
                 session=session,
-                tiers=node.tiers,
-                problems=problems,
-                overwrite=overwrite,
+                dataset=str(r),
+                path=path or "",
+                requested_by="permafrost/cli get",
             )
-            files, nbytes = 1, entry.size
-        else:
-            with _progress() as progress:
-                task = progress.add_task("get", total=version.total_size, files="")
-                report = checkout(
-                    version,
-                    output,
-                    session=session,
-                    tiers=node.tiers,
-                    prefix=path or "",
-                    overwrite=overwrite,
-                    on_file=lambda n: progress.update(task, advance=n),
-                )
-            files, nbytes, problems = report.files, report.bytes, report.problems
+            session.commit()
+            options = [o for o in plan.options(node) if o["speed"] == "standard"]
+            cost = sum(o["cost"] for o in options)
+            console.print(
+                f"restore requested for {len(requests)} cold object(s) "
+                f"({plan.bytes} bytes, cost about {cost:.4f}), "
+                f"ready {eta(latest_ready_at(requests))}; run the same command again then"
+            )
+            raise typer.Exit(3) from None
     for p in problems:
         console.print(f"[yellow]warning:[/] a copy failed and another was used: {p}")
     if as_json:
         _emit({"files": files, "bytes": nbytes, "problems": problems})
     elif str(output) != "-":
         out.print(f"wrote {files} file(s), {_size(nbytes)}, all digests verified")
+
+
+def _get(
+    node: ArchiveNode,
+    version: Any,
+    path: str | None,
+    output: Path,
+    overwrite: bool,
+    session: Any,
+) -> tuple[int, int, list[str]]:
+    """Write a file, a folder or the whole version; bytes verified on the way out."""
+    problems: list[str] = []
+    if path is not None and str(output) == "-":
+        entry = get_entry(version.id, path, session=session)
+        sink = sys.stdout.buffer
+        for chunk in stream_blob(entry.b3, session=session, tiers=node.tiers, problems=problems):
+            sink.write(chunk)
+        sink.flush()
+        files, nbytes = 1, entry.size
+    elif path is not None and _is_entry(version.id, path, session):
+        entry = get_entry(version.id, path, session=session)
+        dest = output / Path(path).name if output.is_dir() else output
+        write_file(
+            entry,
+            dest,
+            session=session,
+            tiers=node.tiers,
+            problems=problems,
+            overwrite=overwrite,
+        )
+        files, nbytes = 1, entry.size
+    else:
+        with _progress() as progress:
+            task = progress.add_task("get", total=version.total_size, files="")
+            report = checkout(
+                version,
+                output,
+                session=session,
+                tiers=node.tiers,
+                prefix=path or "",
+                overwrite=overwrite,
+                on_file=lambda n: progress.update(task, advance=n),
+            )
+        files, nbytes, problems = report.files, report.bytes, report.problems
+    return files, nbytes, problems
 
 
 def _is_entry(version_id: int, path: str, session: Any) -> bool:
@@ -404,18 +437,12 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _register() -> None:
-    """Commands defined in sibling modules register themselves on ``app``."""
-    importlib.import_module("archive.cli_replication")
-
-
 from archive import cli_transfer  # noqa: E402  (import-bag, export, ingest --server)
 
 cli_transfer.register(app, lambda: state.settings)
 
 
 def main() -> None:
-    _register()
     try:
         app()
     except PermafrostError as exc:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 from typing import Annotated, Any
 
 import typer
 
+from archive.catalog.models import utcnow
 from archive.cli_app import _emit, _node, app, console, out
-from archive.datasets import get_collection
+from archive.datasets import get_collection, get_dataset, get_version, parse_ref
 from archive.policy import ReplicationPolicy, parse_policy
 from archive.replication import plan, targets_of
+from archive.restore import latest_ready_at, plan_restore, request_restore
 from archive.status import archive_status
 from archive.worker import LOOPS, Worker
 
@@ -116,3 +119,65 @@ def policy_set(
             f"[yellow]kept:[/] copies on {dropped} are no longer required by this policy; "
             "they stay until removed explicitly"
         )
+
+
+def eta(ready_at: dt.datetime | None) -> str:
+    if ready_at is None:
+        return "when the tier completes it"
+    seconds = max(0.0, (ready_at - utcnow()).total_seconds())
+    if seconds < 90:
+        return f"in about {seconds:.0f} seconds"
+    if seconds < 3 * 3600:
+        return f"in about {seconds / 60:.0f} minutes"
+    return f"in about {seconds / 3600:.0f} hours"
+
+
+@app.command()
+def restore(
+    ref: Annotated[str, typer.Argument(help="COLLECTION/DATASET[@vN]")],
+    path: Annotated[str | None, typer.Argument(help="A file or folder (default: all).")] = None,
+    speed: Annotated[str, typer.Option(help="Retrieval speed the tier offers.")] = "standard",
+    days: Annotated[int | None, typer.Option(min=1, help="Keep restored this many days.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Restore without asking.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show what restoring from cold storage costs and takes, then ask the tier for it."""
+    r = parse_ref(ref)
+    with _node() as node, node.session() as session:
+        version = get_version(
+            get_dataset(r.collection, r.dataset, session=session), r.version, session=session
+        )
+        plan_ = plan_restore(node, version, path, session=session)
+        info = plan_.as_dict(node)
+        if not as_json:
+            out.print(
+                f"{info['files']} file(s): {info['readable_now']} readable now, "
+                f"{info['objects']} cold object(s) to restore ({info['bytes']} bytes)"
+            )
+            for o in info["options"]:
+                hours = o["typical_delay_seconds"] / 3600
+                out.print(
+                    f"  {o['tier']} {o['speed']:>9}: about {hours:g} h, "
+                    f"cost {o['cost']:.4f} ({o['price_per_gib']}/GiB)"
+                )
+        if plan_.objects and not yes and not as_json:
+            typer.confirm(f"Restore at speed {speed!r}?", abort=True)
+        requests = []
+        if plan_.objects and (yes or not as_json):
+            requests = request_restore(
+                node,
+                plan_,
+                session=session,
+                speed=speed,
+                days=days,
+                dataset=str(r),
+                path=path or "",
+                requested_by="permafrost/cli",
+            )
+        ready = latest_ready_at(requests)
+    if as_json:
+        _emit(
+            {**info, "requested": len(requests), "ready_at": ready.isoformat() if ready else None}
+        )
+    elif requests:
+        out.print(f"restore requested: {len(requests)} object(s), ready {eta(ready)}")

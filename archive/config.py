@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         if not self.tiers:
             self.tiers = {
                 "hot": LocalTierConfig(path=self.data_dir / "tiers" / "hot", role="hot"),
-                "cold": LocalTierConfig(path=self.data_dir / "tiers" / "cold", role="cold"),
+                "cold": LocalColdTierConfig(path=self.data_dir / "tiers" / "cold"),
             }
         if self.default_policy is None:
             roles = {tier.role: 1 for tier in self.tiers.values()}

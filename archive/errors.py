@@ -15,6 +15,7 @@ failure, 2 bad usage or bad input) and ``http_status`` for the API::
     ├── IntegrityError                  exit 1, HTTP 500: stored bytes fail their digest
     │   └── BlobDigestMismatch(b3, algorithm, expected, found)
     └── Unavailable                     exit 1, HTTP 503: no readable copy right now
+        └── RestoreRequired(b3, locations)  exit 3, HTTP 409: only cold copies; restore first
 """
 
 from __future__ import annotations
@@ -101,3 +102,16 @@ class InvalidTree(InvalidInput):
             f"{len(problems)} problem(s), nothing was stored:\n  " + "\n  ".join(lines)
         )
         self.problems = list(problems)
+
+
+class RestoreRequired(Unavailable):
+    """Every copy that could be read is in a cold tier and must be restored first."""
+
+    exit_code = 3
+    http_status = 409
+
+    def __init__(self, b3: str, locations: Sequence[tuple[str, str]]) -> None:
+        where = ", ".join(f"{tier}:{key}" for tier, key in locations)
+        super().__init__(f"blob {b3} is only in cold storage ({where}): restore it first")
+        self.b3 = b3
+        self.locations = list(locations)

@@ -234,7 +234,7 @@ def network_ingest(
     sending = [first_file[b3] for b3 in sorted(missing)]
     report.missing_files = len(sending)
     report.missing_bytes = sum(f.size for f in sending)
-    report.skipped = sum(1 for f in scan.files if digests[f.path].b3 not in missing)
+    report.skipped = len(scan.files) - len(sending)
     if not dry_run:
         _upload_all(client, sending, digests, journal, report, jobs, progress)
         version, report.created = client.commit(
