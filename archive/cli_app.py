@@ -36,7 +36,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Catalog database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
