@@ -13,7 +13,7 @@ from archive.catalog.models import utcnow
 from archive.cli_app import _emit, _node, app, console, out
 from archive.datasets import get_collection, get_dataset, get_version, parse_ref
 from archive.policy import ReplicationPolicy, parse_policy
-from archive.replication import plan, targets_of
+from archive.replication import drop_copies, extra_copies, plan, targets_of
 from archive.restore import latest_ready_at, plan_restore, request_restore
 from archive.status import archive_status
 from archive.worker import LOOPS, Worker
@@ -181,3 +181,33 @@ def restore(
         )
     elif requests:
         out.print(f"restore requested: {len(requests)} object(s), ready {eta(ready)}")
+
+
+@policy_app.command("prune")
+def policy_prune(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List copies that no policy requires any more, and delete them once confirmed."""
+    with _node() as node, node.session() as session:
+        extra = extra_copies(node, session=session)
+        if as_json and not yes:
+            _emit([c.__dict__ for c in extra])
+            return
+        if not extra:
+            out.print("no extra copies")
+            return
+        per_tier: dict[str, int] = {}
+        for c in extra:
+            per_tier[c.tier] = per_tier.get(c.tier, 0) + 1
+        out.print(
+            "copies no policy requires: "
+            + ", ".join(f"{n} on {t}" for t, n in sorted(per_tier.items()))
+        )
+        if not yes:
+            typer.confirm("Delete them for good?", abort=True)
+        dropped = drop_copies(node, extra, session=session)
+    if as_json:
+        _emit({"dropped": dropped})
+    else:
+        out.print(f"deleted {dropped} copies")

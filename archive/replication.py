@@ -248,3 +248,68 @@ def record_pack_copy(
     packed = [replica_ids[m.digest.b3] for m in pack.members if m.digest.b3 in replica_ids]
     if packed:
         session.execute(sa.delete(models.Replica).where(col(models.Replica.id).in_(packed)))
+
+
+@dataclass(frozen=True)
+class ExtraCopy:
+    tier: str
+    key: str
+    replica_id: int
+    blob_b3: str
+
+
+def extra_copies(node: ArchiveNode, *, session: Session) -> list[ExtraCopy]:
+    """Loose copies on tiers that no policy asks for any more.
+
+    A blob's copy on a tier is extra when no collection holding the blob targets
+    that tier. Only loose copies are offered for removal: a pack holds other
+    blobs too (packs are left to a later sweep). The hot tier that ingest writes to
+    always keeps its copies.
+    """
+    ids = node.tier_ids(session=session)
+    names = {tid: name for name, tid in ids.items()}
+    wanted: dict[str, set[str]] = {}
+    for coll in session.exec(select(models.Collection)).all():
+        targets = set(targets_of(node, coll))
+        rows = session.execute(
+            sa.select(col(models.Entry.blob_b3))
+            .join(models.Version, col(models.Version.id) == col(models.Entry.version_id))
+            .join(models.Dataset, col(models.Dataset.id) == col(models.Version.dataset_id))
+            .where(col(models.Dataset.collection_id) == coll.id)
+            .distinct()
+        )
+        for (b3,) in rows:
+            wanted.setdefault(b3, set()).update(targets)
+    extra: list[ExtraCopy] = []
+    replicas = session.exec(
+        select(models.Replica).where(col(models.Replica.blob_b3).is_not(None))
+    ).all()
+    for replica in replicas:
+        tier = names.get(replica.tier_id, "")
+        if tier == node.settings.hot_tier or replica.blob_b3 is None or replica.id is None:
+            continue
+        if tier not in wanted.get(replica.blob_b3, {tier}):
+            extra.append(ExtraCopy(tier, replica.key, replica.id, replica.blob_b3))
+    return extra
+
+
+def drop_copies(node: ArchiveNode, copies: Sequence[ExtraCopy], *, session: Session) -> int:
+    """Delete extra copies from their tiers and the catalog, each recorded as a PREMIS
+    ``deletion`` event. The caller must have shown them and had them confirmed."""
+    for copy in copies:
+        tier = node.tiers.get(copy.tier)
+        if tier is not None:
+            tier.delete(copy.key)
+        session.execute(sa.delete(models.Replica).where(col(models.Replica.id) == copy.replica_id))
+        session.add(
+            models.Event(
+                type=EventType.DELETION,
+                object_type="blob",
+                object_id=copy.blob_b3,
+                tier=copy.tier,
+                outcome="success",
+                detail={"key": copy.key, "reason": "no longer required by any policy"},
+                agent=AGENT,
+            )
+        )
+    return len(copies)

@@ -20,9 +20,12 @@ from archive.catalog import models
 from archive.catalog.models import ReplicaState
 from archive.config import LocalTierConfig, S3TierConfig, Settings
 from archive.datasets import get_dataset, get_version, parse_ref
+from archive.errors import ConfigError
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.packs import blob_key
+from archive.policy import ReplicationPolicy, TierInfo, target_tiers
+from archive.replication import drop_copies, extra_copies, plan
 from archive.status import archive_status, version_status
 from archive.worker import Worker
 from tests.support.s3server import new_server, run_seaweedfs
@@ -329,4 +332,64 @@ def test_four_workers_on_postgres_copy_each_blob_once(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        node.close()
+
+
+def test_target_tiers_follow_roles_names_and_regions() -> None:
+    tiers = [
+        TierInfo("hot", "hot", "eu"),
+        TierInfo("c1", "cold", "eu"),
+        TierInfo("c2", "cold", "eu"),
+        TierInfo("c3", "cold", "us"),
+        TierInfo("p1", "partner", "us"),
+    ]
+    assert target_tiers(ReplicationPolicy(), tiers) == ["hot", "c1"]
+    spread = ReplicationPolicy(copies={"hot": 1, "cold": 2}, distinct_regions=True)
+    assert target_tiers(spread, tiers) == ["hot", "c1", "c3"]
+    named = ReplicationPolicy(copies={"hot": 1, "cold": 1}, tiers=["c2", "p1"])
+    assert target_tiers(named, tiers) == ["c2", "p1", "hot"]
+    with pytest.raises(ConfigError, match="only 1 partner"):
+        target_tiers(ReplicationPolicy(copies={"partner": 2}), tiers)
+    with pytest.raises(ConfigError, match="not configured"):
+        target_tiers(ReplicationPolicy(tiers=["nowhere"]), tiers)
+
+
+def test_policy_change_adds_copies_and_drops_only_when_asked(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    node = ArchiveNode.open(
+        Settings(
+            data_dir=data,
+            tiers={
+                "hot": LocalTierConfig(path=data / "hot", role="hot"),
+                "cold": LocalTierConfig(path=data / "cold", role="cold"),
+                "vault": LocalTierConfig(path=data / "vault", role="cold", region="elsewhere"),
+            },
+        )
+    )
+    try:
+        files = make_tree(tmp_path / "src", small=3)
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/move"))
+        Worker(node).run_once()
+        assert states(node)[("cold", "present")] == 3  # two loose blobs and a pack
+        with node.session() as session:
+            coll = session.exec(select(models.Collection)).one()
+            coll.policy = {"copies": {"hot": 1, "cold": 0}, "tiers": ["vault"]}
+            session.add(coll)
+            session.flush()
+            assert plan(node, session=session) == len(set(files.values()))
+        Worker(node).run_once()
+        assert states(node)[("vault", "present")] == 3
+        assert states(node)[("cold", "present")] == 3  # kept: nothing dropped silently
+        with node.session() as session:
+            extra = extra_copies(node, session=session)
+            assert {(c.tier, c.key.startswith("blobs/")) for c in extra} == {("cold", True)}
+            assert len(extra) == 2  # the loose ones; the pack stays for a later sweep
+            assert drop_copies(node, extra, session=session) == 2
+        assert [i.key for i in node.tiers["cold"].list("blobs/")] == []
+        with node.session() as session:
+            deletions = session.exec(
+                select(models.Event).where(models.Event.type == "deletion")
+            ).all()
+            assert len(deletions) == 2
+    finally:
         node.close()
