@@ -369,13 +369,19 @@ def verify(
                 "bytes": report.bytes,
                 "ok": not failures,
                 "failures": [c.__dict__ for c in failures],
+                "not_checked": [c.__dict__ for c in report.skipped],
                 "lost": report.blobs_without_good_copy,
             }
         )
     else:
         out.print(
             f"{r.collection}/{r.dataset}@v{version.number}: {report.blobs} blobs, "
-            f"{report.copies} copies checked, {len(failures)} failed"
+            f"{report.copies - len(report.skipped)} copies checked, {len(failures)} failed"
+            + (
+                f", {len(report.skipped)} cold copies not readable without a restore"
+                if report.skipped
+                else ""
+            )
         )
         for c in failures:
             out.print(f"[red]FAILED[/] {c.b3} on {c.tier} ({escape(c.key)}): {escape(c.detail)}")

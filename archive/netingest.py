@@ -78,10 +78,17 @@ class NetIngestReport:
     version: int | None = None
     created: bool = False
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each step: scan, hash, ask, upload, commit."""
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def lap(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.phases[phase] = round(now - since, 3)
+        return now
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
+        self.db = sqlite3.connect(path, timeout=60)  # another run on the same folder waits
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
             " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, b3 TEXT NOT NULL,"
@@ -220,6 +227,7 @@ def network_ingest(
     report = NetIngestReport(f"{ref.collection}/{ref.dataset}", client.server, dry_run)
     client.check()
     scan = scan_tree(root)
+    mark = report.lap("scan", started)
     report.files, report.bytes, report.warnings = len(scan.files), scan.total_bytes, scan.warnings
     if len(scan.files) > MAX_COMMIT_ENTRIES:
         raise InvalidInput(
@@ -227,6 +235,7 @@ def network_ingest(
         )
     journal.prune({f.path for f in scan.files})
     digests = _hash_all(scan.files, journal, report, hash_threads, progress)
+    mark = report.lap("hash", mark)
     first_file: dict[str, SourceFile] = {}
     for f in scan.files:
         first_file.setdefault(digests[f.path].b3, f)
@@ -235,8 +244,10 @@ def network_ingest(
     report.missing_files = len(sending)
     report.missing_bytes = sum(f.size for f in sending)
     report.skipped = len(scan.files) - len(sending)
+    mark = report.lap("ask", mark)
     if not dry_run:
         _upload_all(client, sending, digests, journal, report, jobs, progress)
+        mark = report.lap("upload", mark)
         version, report.created = client.commit(
             ref.collection,
             ref.dataset,
@@ -253,6 +264,7 @@ def network_ingest(
             title=title,
         )
         report.version = int(version["number"])
+        report.lap("commit", mark)
     journal.commit()
     report.retries = client.retries
     report.seconds = time.perf_counter() - started

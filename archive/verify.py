@@ -17,7 +17,7 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, utcnow
 from archive.errors import BlobDigestMismatch
 from archive.retrieval import blobs_of_version, iter_verified, locate
-from tiers import Tier, TierError
+from tiers import NeedsRestore, Tier, TierError
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class CopyCheck:
     key: str
     ok: bool
     detail: str = ""
+    skipped: bool = False
+    """A cold copy that cannot be read without a restore: neither good nor bad."""
 
 
 @dataclass
@@ -38,11 +40,16 @@ class VerifyReport:
 
     @property
     def failures(self) -> list[CopyCheck]:
-        return [c for c in self.checks if not c.ok]
+        return [c for c in self.checks if not c.ok and not c.skipped]
+
+    @property
+    def skipped(self) -> list[CopyCheck]:
+        return [c for c in self.checks if c.skipped]
 
     @property
     def blobs_without_good_copy(self) -> list[str]:
-        good = {c.b3 for c in self.checks if c.ok}
+        """Blobs none of whose checked copies passed (cold, unrestored copies aside)."""
+        good = {c.b3 for c in self.checks if c.ok or c.skipped}
         return sorted({c.b3 for c in self.checks} - good)
 
 
@@ -76,10 +83,16 @@ def verify_version(
                     report.bytes += blob.stored_size
                     if loc.pack_id is None:
                         verified_loose.append((blob.b3, loc.tier))
+                except NeedsRestore:
+                    check = CopyCheck(
+                        blob.b3, loc.tier, label, False, "cold: needs a restore", skipped=True
+                    )
                 except (BlobDigestMismatch, TierError) as exc:
                     check = CopyCheck(blob.b3, loc.tier, label, False, str(exc))
             report.copies += 1
             report.checks.append(check)
+            if check.skipped:
+                continue
             session.add(
                 models.Event(
                     type=EventType.FIXITY_CHECK,

@@ -254,7 +254,9 @@ class Worker:
                     lease_owner=None,
                     lease_expires_at=None,
                     failures=0,
-                    last_verified_at=now if verified else None,
+                    # Cold tiers: the digest the tier computed over the bytes it wrote
+                    # is the first verification; audits (issue 4) re-check later.
+                    last_verified_at=now,
                     updated_at=now,
                 )
             )
