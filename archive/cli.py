@@ -38,13 +38,12 @@ from archive.cli_replication import eta
 from archive.datasets import (
     DatasetRef,
     check_name,
-    get_dataset,
     get_entry,
-    get_version,
     iter_entries,
     list_datasets,
     list_versions,
     parse_ref,
+    resolve_version,
 )
 from archive.errors import PermafrostError, RestoreRequired
 from archive.ingest import ingest_tree
@@ -190,9 +189,8 @@ def show(
     """Show a dataset: versions, files with size, BLAKE3, SHA-256, and replicas."""
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
-        ds = get_dataset(r.collection, r.dataset, session=session)
+        ds, version = resolve_version(r, session=session)
         assert ds.id is not None
-        version = get_version(ds, r.version, session=session)
         assert version.id is not None
         replicas = replicas_of_version(version.id, session=session)
         data: dict[str, Any] = {
@@ -254,8 +252,7 @@ def get(
     """Get exact bytes back: one file, a folder, or the whole version, every digest verified."""
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
-        ds = get_dataset(r.collection, r.dataset, session=session)
-        version = get_version(ds, r.version, session=session)
+        _, version = resolve_version(r, session=session)
         assert version.id is not None
         try:
             files, nbytes, problems = _get(node, version, path, output, overwrite, session)
@@ -348,8 +345,7 @@ def verify(
     """Re-read every stored copy of every blob of a version now and report. Exit 1 on damage."""
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
-        ds = get_dataset(r.collection, r.dataset, session=session)
-        version = get_version(ds, r.version, session=session)
+        _, version = resolve_version(r, session=session)
         with _progress() as progress:
             task = progress.add_task("verify", total=version.total_size, files="")
             report = verify_version(

@@ -11,7 +11,7 @@ import typer
 
 from archive.catalog.models import utcnow
 from archive.cli_app import _emit, _node, app, console, out
-from archive.datasets import get_collection, get_dataset, get_version, parse_ref
+from archive.datasets import get_collection, parse_ref, resolve_version
 from archive.policy import ReplicationPolicy, parse_policy
 from archive.replication import drop_copies, extra_copies, plan, targets_of
 from archive.restore import latest_ready_at, plan_restore, request_restore
@@ -144,9 +144,7 @@ def restore(
     """Show what restoring from cold storage costs and takes, then ask the tier for it."""
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
-        version = get_version(
-            get_dataset(r.collection, r.dataset, session=session), r.version, session=session
-        )
+        _, version = resolve_version(r, session=session)
         plan_ = plan_restore(node, version, path, session=session)
         info = plan_.as_dict(node)
         if not as_json:

@@ -168,6 +168,16 @@ def get_version(dataset: models.Dataset, number: int | None, *, session: Session
     return found
 
 
+def resolve_version(ref: DatasetRef, *, session: Session) -> tuple[models.Dataset, models.Version]:
+    """The dataset and version a reference names (its latest version when none is given).
+
+    Raises:
+        NotFound: no such dataset or version.
+    """
+    dataset = get_dataset(ref.collection, ref.dataset, session=session)
+    return dataset, get_version(dataset, ref.version, session=session)
+
+
 def list_versions(dataset_id: int, *, session: Session) -> list[models.Version]:
     return list(
         session.exec(
@@ -176,6 +186,18 @@ def list_versions(dataset_id: int, *, session: Session) -> list[models.Version]:
             .order_by(col(models.Version.number))
         ).all()
     )
+
+
+def _entry_views() -> Any:
+    """SELECT of the columns of :class:`EntryView`, entries joined to their blobs."""
+    return sa.select(  # type: ignore[call-overload]
+        models.Entry.path,
+        models.Blob.b3,
+        models.Blob.sha256,
+        models.Blob.size,
+        models.Blob.stored_size,
+        models.Blob.codec,
+    ).join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)
 
 
 @dataclass(frozen=True)
@@ -198,15 +220,7 @@ def iter_entries(
 ) -> Iterator[EntryView]:
     """Entries of a version with their digests, in path order."""
     stmt = (
-        sa.select(  # type: ignore[call-overload]
-            models.Entry.path,
-            models.Blob.b3,
-            models.Blob.sha256,
-            models.Blob.size,
-            models.Blob.stored_size,
-            models.Blob.codec,
-        )
-        .join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)
+        _entry_views()
         .where(models.Entry.version_id == version_id)
         .order_by(models.Entry.path)
         .offset(offset)
@@ -226,16 +240,7 @@ def get_entry(version_id: int, path: str, *, session: Session) -> EntryView:
         NotFound: no such path in the version.
     """
     row = session.execute(
-        sa.select(  # type: ignore[call-overload]
-            models.Entry.path,
-            models.Blob.b3,
-            models.Blob.sha256,
-            models.Blob.size,
-            models.Blob.stored_size,
-            models.Blob.codec,
-        )
-        .join(models.Blob, models.Blob.b3 == models.Entry.blob_b3)
-        .where(models.Entry.version_id == version_id, models.Entry.path == path)
+        _entry_views().where(models.Entry.version_id == version_id, models.Entry.path == path)
     ).first()
     if row is None:
         raise NotFound(f"no file {path!r} in this version")

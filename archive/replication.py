@@ -22,11 +22,11 @@ from typing import Any
 
 import blake3
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from archive.blobstore import record_pack
 from archive.catalog import models
+from archive.catalog.bulk import dialect_insert
 from archive.catalog.models import EventType, ReplicaState, utcnow
 from archive.encoding import BlobDigest
 from archive.errors import Unavailable
@@ -71,7 +71,6 @@ def plan(node: ArchiveNode, *, session: Session, collection: str | None = None) 
         stmt = stmt.where(models.Collection.name == collection)
     added = 0
     now = utcnow()
-    dialect = session.get_bind().dialect.name
     for coll in session.exec(stmt).all():
         for tier_name in targets_of(node, coll):
             tier_id = tier_ids[tier_name]
@@ -101,8 +100,7 @@ def plan(node: ArchiveNode, *, session: Session, collection: str | None = None) 
                 .where(col(dataset.collection_id) == coll.id, ~loose, ~packed)
                 .distinct()
             )
-            table = models.Replica.__table__  # type: ignore[attr-defined]
-            insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+            insert = dialect_insert(session, models.Replica)
             result = session.execute(
                 insert.from_select(
                     ["blob_b3", "tier_id", "state", "key", "failures", "created_at", "updated_at"],

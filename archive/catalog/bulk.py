@@ -15,19 +15,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
 
+def dialect_insert(session: Session, model: type[SQLModel]) -> Any:
+    """The INSERT of the session's database, which knows ``ON CONFLICT``."""
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(dialect)  # pragma: no cover - only the two supported databases
+
+
 def insert_ignore(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
-    table: sa.Table = model.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing()
-    else:  # pragma: no cover - only the two supported databases
-        raise NotImplementedError(dialect)
-    session.execute(stmt, list(rows))
+    session.execute(dialect_insert(session, model).on_conflict_do_nothing(), list(rows))
 
 
 def insert_all(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
@@ -46,15 +48,7 @@ def upsert(
     """Insert rows; where one conflicts on ``conflict``, overwrite the ``update`` columns."""
     if not rows:
         return
-    table: sa.Table = model.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table)
-    else:  # pragma: no cover - only the two supported databases
-        raise NotImplementedError(dialect)
+    stmt = dialect_insert(session, model)
     stmt = stmt.on_conflict_do_update(
         index_elements=list(conflict), set_={c: stmt.excluded[c] for c in update}
     )
