@@ -17,6 +17,7 @@ import pytest
 from archive.client import ArchiveClient, RetryPolicy, ServerUnreachable, Unauthorized
 from archive.config import Settings
 from archive.datasets import parse_ref
+from archive.errors import UnsupportedFile
 from archive.netingest import Journal, NetIngestReport, journal_path, network_ingest
 from tests.support.server import serve
 from web.app import create_app
@@ -274,3 +275,30 @@ def test_cli_exits_1_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
     )
     assert "did not answer after 6 attempt(s)" in failed.stderr
     assert "run the same command again" in failed.stderr
+
+
+def test_a_file_changed_between_hashing_and_upload_is_refused(
+    start_server: Start, server_settings: Settings, tmp_path: Path, journal_dir: Path
+) -> None:
+    url = start_server(create_app(server_settings))
+    root = tmp_path / "tree"
+    root.mkdir()
+    victim = root / "moving.bin"
+    victim.write_bytes(b"a" * 5000)
+
+    class RewriteBeforeUpload:
+        """Progress callbacks: when uploads start, another process rewrites the file."""
+
+        def phase(self, name: str, files: int, nbytes: int) -> None:
+            if name == "upload":
+                victim.write_bytes(b"b" * 5000)  # same size: only the digest tells
+
+        def advanced(self, name: str, files: int, nbytes: int) -> None:
+            pass
+
+    with pytest.raises(UnsupportedFile, match="changed since it was hashed") as refused:
+        run(url, root, journal_dir, progress=RewriteBeforeUpload())
+    assert refused.value.path == "moving.bin" and refused.value.exit_code == 2
+    report = run(url, root, journal_dir)  # the journal forgot it: hashed again, sent right
+    assert report.hashed == 1 and report.version == 1
+    assert fetch(url, "moving.bin") == b"b" * 5000
