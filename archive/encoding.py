@@ -61,9 +61,16 @@ class Encoder:
         self._small = zstandard.ZstdCompressor(
             level=level, write_checksum=True, write_content_size=True
         )
-        self._large = zstandard.ZstdCompressor(
-            level=level, write_checksum=True, write_content_size=True, threads=threads
+        # Jobs of 16 MiB: zstd's default for level 3 is smaller, and with two workers the
+        # extra synchronisation cost 9% more CPU than single-threaded compression.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            threads=threads,
+            job_size=16 * 1024 * 1024 if threads else 0,
+            write_checksum=1,
+            write_content_size=1,
         )
+        self._large = zstandard.ZstdCompressor(compression_params=params)
 
     def encode_bytes(self, data: bytes) -> tuple[BlobDigest, bytes]:
         """Encode content held in memory (small files); returns the digest and stored bytes."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import blake3
 import sqlalchemy as sa
@@ -46,6 +46,9 @@ from tiers import ObjectExists
 
 SAMPLE = 1024 * 1024
 WINDOW_FILES = 64
+GROUP_FILES = 64
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 BATCH_BYTES = 32 * 1024 * 1024
 
 
@@ -132,15 +135,23 @@ class _Ingest:
         digest, stored = self._encoder().encode_bytes(data)
         return f, digest, stored
 
+    def _read_group(self, group: list[SourceFile]) -> list[tuple[SourceFile, BlobDigest, bytes]]:
+        return [self._read_small(f) for f in group]
+
     def small(self, files: list[SourceFile]) -> None:
+        # Tasks of GROUP_FILES files: one task per tiny file spends more time handing
+        # the GIL around than reading, hashing and compressing the file.
+        groups = [files[i : i + GROUP_FILES] for i in range(0, len(files), GROUP_FILES)]
+        window = max(2, WINDOW_FILES // GROUP_FILES) * self.threads
         batch: list[tuple[SourceFile, BlobDigest, bytes]] = []
         batch_bytes = 0
-        for item in _bounded_map(self._read_small, files, self.threads, WINDOW_FILES):
-            batch.append(item)
-            batch_bytes += len(item[2])
-            if batch_bytes >= BATCH_BYTES or len(batch) >= 512:
-                self._store_small(batch)
-                batch, batch_bytes = [], 0
+        for group in _bounded_map(self._read_group, groups, self.threads, window):
+            for item in group:
+                batch.append(item)
+                batch_bytes += len(item[2])
+                if batch_bytes >= BATCH_BYTES or len(batch) >= 512:
+                    self._store_small(batch)
+                    batch, batch_bytes = [], 0
         self._store_small(batch)
 
     def _store_small(self, batch: list[tuple[SourceFile, BlobDigest, bytes]]) -> None:
@@ -212,14 +223,11 @@ class _Ingest:
 
 
 def _bounded_map(
-    fn: Callable[[SourceFile], tuple[SourceFile, BlobDigest, bytes]],
-    items: list[SourceFile],
-    threads: int,
-    window: int,
-) -> Iterator[tuple[SourceFile, BlobDigest, bytes]]:
+    fn: Callable[[_In], _Out], items: list[_In], threads: int, window: int
+) -> Iterator[_Out]:
     """``map`` on a thread pool, in order, with at most ``window`` results in memory."""
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest") as pool:
-        pending: deque[Future[tuple[SourceFile, BlobDigest, bytes]]] = deque()
+        pending: deque[Future[_Out]] = deque()
         it = iter(items)
         for item in it:
             pending.append(pool.submit(fn, item))

@@ -51,12 +51,33 @@ class SealedPack:
     members: list[PackedBlob] = field(default_factory=list)
 
 
+# A USTAR member header (mode 0444, uid/gid 0, mtime 0) as a template: building it
+# with tarfile.TarInfo costs 55 us a member, a fifth of a small file's whole ingest.
+_USTAR = bytearray(BLOCK)
+_USTAR[100:108] = b"0000444\0"
+_USTAR[108:116] = b"0000000\0"
+_USTAR[116:124] = b"0000000\0"
+_USTAR[136:148] = b"00000000000\0"
+_USTAR[148:156] = b"        "
+_USTAR[156:157] = b"0"
+_USTAR[257:265] = b"ustar\x0000"
+_USTAR_SUM = sum(_USTAR)
+
+
 def _header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o444
-    info.mtime = 0
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    """The tar header of one member; byte-identical to ``TarInfo.tobuf(USTAR_FORMAT)``."""
+    raw = name.encode()
+    if len(raw) > 100 or size >= 8**11:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o444, 0
+        return info.tobuf(format=tarfile.USTAR_FORMAT)
+    size_field = b"%011o\0" % size
+    header = bytearray(_USTAR)
+    header[0 : len(raw)] = raw
+    header[124:136] = size_field
+    # The template's name and size fields are zeros: add what replaces them.
+    header[148:156] = b"%06o\0 " % (_USTAR_SUM + sum(raw) + sum(size_field))
+    return bytes(header)
 
 
 class PackWriter:

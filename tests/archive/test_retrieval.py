@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 from pathlib import Path
 
 import blake3
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlmodel import select
 
 from archive.catalog import models
-from archive.catalog.models import ReplicaState
 from archive.checkout import stream_blob
-from archive.config import Settings
+from archive.config import LocalTierConfig, Settings
 from archive.datasets import get_dataset, get_version, parse_ref
 from archive.encoding import Encoder
 from archive.errors import Unavailable
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
-from archive.packs import blob_key
+from archive.packs import _header, blob_key
 from archive.retrieval import _HashingReader, _Undecodable, decoded_chunks
 from archive.verify import verify_version
+from archive.worker import Worker
 
 SUITE = Path(__file__).resolve().parents[2].parent / "shared" / "suites" / "zstd-golden" / "tests"
 
@@ -64,7 +67,17 @@ def test_decoding_stops_at_the_limit() -> None:
 
 @pytest.fixture
 def archived(tmp_path: Path) -> tuple[ArchiveNode, bytes]:
-    node = ArchiveNode.open(Settings(data_dir=tmp_path / "data", pack_below=0))
+    data = tmp_path / "data"
+    node = ArchiveNode.open(
+        Settings(
+            data_dir=data,
+            pack_below=0,
+            tiers={
+                "hot": LocalTierConfig(path=data / "hot", role="hot"),
+                "cold": LocalTierConfig(path=data / "cold", role="cold"),
+            },
+        )
+    )
     src = tmp_path / "src"
     src.mkdir()
     data = b"tiny"
@@ -92,16 +105,9 @@ def test_a_bomb_in_place_of_a_blob_is_refused(archived: tuple[ArchiveNode, bytes
 def test_a_damaged_copy_falls_back_to_a_good_one(archived: tuple[ArchiveNode, bytes]) -> None:
     node, data = archived
     b3 = blake3.blake3(data).hexdigest()
-    # A second copy on the cold tier, as replication (issue 3) will make it.
-    with node.hot.open(blob_key(b3)) as stored:
-        node.tiers["cold"].put(blob_key(b3), stored)
+    assert Worker(node).run_once()["replicate"] == 1  # the cold copy, in a pack
     with node.session() as session:
         cold_id = node.tier_ids(session=session)["cold"]
-        session.add(
-            models.Replica(
-                blob_b3=b3, tier_id=cold_id, state=ReplicaState.PRESENT, key=blob_key(b3)
-            )
-        )
     _hot_path(node, data).write_bytes(os.urandom(len(data)))
 
     problems: list[str] = []
@@ -118,3 +124,17 @@ def test_a_damaged_copy_falls_back_to_a_good_one(archived: tuple[ArchiveNode, by
         ).one()
         assert replica.last_verified_at is not None
     node.close()
+
+
+@given(
+    name=st.text(alphabet="abcdef0123456789/", min_size=1, max_size=120),
+    size=st.integers(min_value=0, max_value=2**36),
+)
+def test_pack_member_headers_are_what_tarfile_writes(name: str, size: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    try:
+        expected = info.tobuf(format=tarfile.USTAR_FORMAT)
+    except ValueError:  # a name tarfile cannot write as USTAR
+        return
+    assert _header(name, size) == expected
