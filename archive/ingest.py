@@ -170,8 +170,11 @@ class _Ingest:
     # -- large files: streamed, loose ------------------------------------------------
     def large(self, f: SourceFile, prior: _Prior | None) -> None:
         if prior is not None and prior.size == f.size:
+            # Read, not mmap: mapped pages count as resident memory, a whole file's worth.
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            hasher.update_mmap(f.abspath)
+            with open(f.abspath, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    hasher.update(chunk)
             if hasher.hexdigest() == prior.b3 and self._known(prior.b3):
                 self.digests[f.path] = BlobDigest(
                     prior.b3, prior.sha256, prior.size, prior.stored_size, "", prior.codec

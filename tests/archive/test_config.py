@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from archive.config import LocalTierConfig, S3TierConfig, load_settings
+from archive.config import LocalColdTierConfig, LocalTierConfig, S3TierConfig, load_settings
 from archive.errors import ConfigError
 
 
@@ -23,7 +23,8 @@ def test_no_configuration_is_the_embedded_default() -> None:
     s = load_settings()
     assert s.catalog_url == "sqlite:///permafrost-data/catalog.db"
     assert s.tiers["hot"] == LocalTierConfig(path=Path("permafrost-data/tiers/hot"), role="hot")
-    assert s.tiers["cold"] == LocalTierConfig(path=Path("permafrost-data/tiers/cold"), role="cold")
+    assert s.tiers["cold"] == LocalColdTierConfig(path=Path("permafrost-data/tiers/cold"))
+    assert s.policy.copies == {"hot": 1, "cold": 1}
     assert s.zstd_level == 3
 
 

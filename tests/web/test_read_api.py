@@ -34,6 +34,11 @@ def test_openapi_schema_lists_every_route(client: TestClient) -> None:
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/files/{{path}}",
         f"{API}/blobs/missing",
         f"{API}/blobs/{{b3}}",
+        f"{API}/bags",
+        f"{API}/status",
+        f"{API}/restores",
+        f"{API}/collections/{{collection}}/policy",
+        f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/status",
     }
     assert client.get("/docs").status_code == 200
 
@@ -166,7 +171,11 @@ def test_entries_carry_digests_and_replicas(client: TestClient, sample: dict[str
         assert entry["blake3"] == expected.b3
         assert entry["sha256"] == expected.sha256
         assert entry["size"] == len(expected.data)
-        assert [(r["tier"], r["state"]) for r in entry["replicas"]] == [("hot", "present")]
+        # The default policy also wants a cold copy: planned at ingest, made by a worker.
+        assert sorted((r["tier"], r["state"]) for r in entry["replicas"]) == [
+            ("cold", "pending"),
+            ("hot", "present"),
+        ]
 
 
 def test_entries_page_by_cursor(client: TestClient, sample: dict[str, bytes]) -> None:
