@@ -20,6 +20,7 @@ would be refused the same way). Errors are translated at this boundary::
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -36,8 +37,9 @@ from archive.errors import InvalidInput, Unavailable, UnsupportedFile
 
 MISSING_BATCH = 10_000
 """The server's limit on one ``/blobs/missing`` question (web.schemas.MAX_MISSING_QUERY)."""
-MAX_COMMIT_ENTRIES = 100_000
-"""The server's limit on the entries of one commit (web.schemas.MAX_COMMIT_ENTRIES)."""
+MAX_COMMIT_ENTRIES = 5_000_000
+"""The server's limit on the entries of one NDJSON commit (web.schemas.MAX_STREAM_ENTRIES)."""
+COMMIT_LINES_PER_CHUNK = 2000
 CHUNK = 1024 * 1024
 
 
@@ -239,14 +241,30 @@ class ArchiveClient:
         title: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Commit a version; returns the version and whether it is new (a retry is harmless:
-        an identical commit creates nothing)."""
+        an identical commit creates nothing).
+
+        Sent as NDJSON, streamed (``POST .../versions/stream``), so a version of
+        hundreds of thousands of entries is never one JSON document in memory on
+        either side.
+        """
+        header = {"message": message, "title": title}
         response = self._request(
             "POST",
-            f"/datasets/{quote(collection)}/{quote(dataset)}/versions",
-            json={"message": message, "title": title, "entries": entries},
+            f"/datasets/{quote(collection)}/{quote(dataset)}/versions/stream",
+            body=lambda: _ndjson(header, entries),
+            headers={"Content-Type": "application/x-ndjson"},
         )
         version: dict[str, Any] = response.json()
         return version, response.status_code == 201
+
+
+def _ndjson(header: dict[str, Any], entries: Sequence[dict[str, Any]]) -> Iterator[bytes]:
+    yield json.dumps(header).encode() + b"\n"
+    for i in range(0, len(entries), COMMIT_LINES_PER_CHUNK):
+        lines = [
+            json.dumps(e, separators=(",", ":")) for e in entries[i : i + COMMIT_LINES_PER_CHUNK]
+        ]
+        yield ("\n".join(lines) + "\n").encode()
 
 
 def _error(response: httpx.Response) -> tuple[str, str, dict[str, Any]]:

@@ -26,6 +26,9 @@ HEX64 = r"^[0-9a-f]{64}$"
 NAME_PATTERN = NAME_RE.pattern
 MAX_MISSING_QUERY = 10_000
 MAX_COMMIT_ENTRIES = 100_000
+"""Entries of one JSON commit; larger versions are sent as NDJSON (``POST .../versions/stream``)."""
+MAX_STREAM_ENTRIES = 5_000_000
+MAX_STREAM_LINE = 32 * 1024
 MAX_METADATA_DEPTH = 32
 #: 8 PiB: exact as a JSON number in every client (IEEE doubles hold integers up to 2**53).
 MAX_SIZE = 2**53
@@ -229,7 +232,9 @@ class EntryCreate(BaseModel):
     size: Annotated[int, Field(ge=0, le=MAX_SIZE)] | None = None
 
 
-class VersionCreate(BaseModel):
+class VersionHeader(BaseModel):
+    """What a commit says about itself besides its entries (the first NDJSON line)."""
+
     message: Annotated[Text, Field(max_length=4000)] = ""
     title: Annotated[Text, Field(max_length=1000)] | None = Field(
         default=None, description="New title for the dataset; null keeps the current one"
@@ -237,4 +242,7 @@ class VersionCreate(BaseModel):
     metadata: Metadata | None = Field(
         default=None, description="New metadata for the dataset; null keeps the current one"
     )
+
+
+class VersionCreate(VersionHeader):
     entries: Annotated[list[EntryCreate], Field(max_length=MAX_COMMIT_ENTRIES)]

@@ -29,6 +29,7 @@ def test_openapi_schema_lists_every_route(client: TestClient) -> None:
         f"{API}/datasets",
         f"{API}/datasets/{{collection}}/{{dataset}}",
         f"{API}/datasets/{{collection}}/{{dataset}}/versions",
+        f"{API}/datasets/{{collection}}/{{dataset}}/versions/stream",
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}",
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/entries",
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/files/{{path}}",

@@ -4,16 +4,26 @@ A commit is the last step of the client upload flow (``POST /blobs/missing``,
 ``PUT /blobs/{b3}`` for each missing one, then this): it names content by
 BLAKE3 only, so it is cheap however large the files, and it is refused whole
 (409, nothing written) if any named blob is not held.
+
+Two forms of the same commit: a JSON document (up to 100,000 entries), and NDJSON
+(``POST .../versions/stream``: a header line, then one entry per line), read as it
+arrives and validated line by line, for versions of hundreds of thousands of files
+without a whole-document parse in memory.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from archive.datasets import DatasetRef, NewEntry, commit_version
 from archive.entry_pages import entry_page
+from archive.errors import InvalidInput
+from archive.node import ArchiveNode
 from archive.paths import MAX_PATH_BYTES, normalize_paths
 from web.deps import (
     CollectionName,
@@ -24,11 +34,15 @@ from web.deps import (
     resolve_version,
 )
 from web.schemas import (
+    MAX_STREAM_ENTRIES,
+    MAX_STREAM_LINE,
+    EntryCreate,
     EntryPagePublic,
     EntryPublic,
     ErrorPublic,
     Text,
     VersionCreate,
+    VersionHeader,
     VersionPublic,
 )
 
@@ -95,22 +109,117 @@ def create_version(
     Paths must be relative, ``/``-separated and unique after NFC normalisation
     (422 says which and why); claimed SHA-256s and sizes must match the blobs.
     """
-    paths = normalize_paths(e.path for e in body.entries)
+    raw = [(e.path, e.blake3, e.sha256, e.size) for e in body.entries]
+    return _commit(node, DatasetRef(collection, dataset), body, raw, response)
+
+
+def _commit(
+    node: ArchiveNode,
+    ref: DatasetRef,
+    header: VersionHeader,
+    raw: list[tuple[str, str, str | None, int | None]],
+    response: Response,
+) -> VersionPublic:
+    paths = normalize_paths(path for path, *_ in raw)
     entries = [
-        NewEntry(path, e.blake3, e.sha256, e.size)
-        for path, e in zip(paths, body.entries, strict=True)
+        NewEntry(path, b3, sha256, size)
+        for path, (_, b3, sha256, size) in zip(paths, raw, strict=True)
     ]
     with node.session() as session:
         result = commit_version(
-            DatasetRef(collection, dataset),
+            ref,
             entries,
             session=session,
             tier=node.hot,
-            message=body.message,
-            title=body.title,
-            metadata=body.metadata,
+            message=header.message,
+            title=header.title,
+            metadata=header.metadata,
             agent="permafrost/api",
         )
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return VersionPublic.of(result.version)
+
+
+_NDJSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-ndjson": {
+                "schema": {
+                    "description": "Line 1: a VersionHeader object. Every further line: "
+                    f"one EntryCreate object (at most {MAX_STREAM_ENTRIES:,} lines of at "
+                    f"most {MAX_STREAM_LINE:,} bytes). Blank lines are ignored.",
+                    "type": "string",
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/stream",
+    response_model=VersionPublic,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_NDJSON_BODY,
+    responses={
+        200: {"model": VersionPublic, "description": "Identical to the latest: nothing new"},
+        409: {"model": ErrorPublic, "description": "Blobs not held (`missing` lists them)"},
+        422: {"model": ErrorPublic, "description": "A line is not valid (`detail` says which)"},
+    },
+)
+async def create_version_stream(
+    collection: CollectionName,
+    dataset: DatasetName,
+    request: Request,
+    node: NodeDep,
+    response: Response,
+) -> VersionPublic:
+    """Commit the next version from NDJSON: a header line, then one entry per line.
+
+    The same commit as ``POST .../versions``, for any number of entries: lines are
+    validated as they arrive, and only the entries' digests are kept in memory.
+    """
+    header: VersionHeader | None = None
+    raw: list[tuple[str, str, str | None, int | None]] = []
+    number = 0
+    async for line in _lines(request):
+        number += 1
+        if not line.strip():
+            continue
+        try:
+            if header is None:
+                header = VersionHeader.model_validate_json(line)
+                continue
+            entry = EntryCreate.model_validate_json(line)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise InvalidInput(
+                f"line {number}: {where + ': ' if where else ''}{problem['msg']}"
+            ) from None
+        if len(raw) >= MAX_STREAM_ENTRIES:
+            raise InvalidInput(f"more than {MAX_STREAM_ENTRIES:,} entries in one commit")
+        raw.append((entry.path, entry.blake3, entry.sha256, entry.size))
+    if header is None:
+        raise InvalidInput("empty body: the first line must be the version header")
+    ref = DatasetRef(collection, dataset)
+    result: VersionPublic = await run_in_threadpool(_commit, node, ref, header, raw, response)
+    return result
+
+
+async def _lines(request: Request) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive (without their newline), each capped in length."""
+    pending = b""
+    async for chunk in request.stream():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if len(line) > MAX_STREAM_LINE:
+                raise InvalidInput(f"a line is longer than {MAX_STREAM_LINE:,} bytes")
+            yield line
+        if len(pending) > MAX_STREAM_LINE:
+            raise InvalidInput(f"a line is longer than {MAX_STREAM_LINE:,} bytes")
+    if pending:
+        yield pending
