@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.markup import escape
 from rich.progress import (
     Progress,
@@ -414,6 +413,8 @@ def serve(
         + ("" if no_worker else ", with an embedded worker")
     )
     try:
+        import uvicorn  # 0.1 s of imports every other command does without
+
         uvicorn.run("web.app:create_app", factory=True, host=bind_host, port=bind_port)
     finally:
         if embedded is not None:

@@ -26,12 +26,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from archive.bag_export import export_bag
-from archive.bag_import import import_bag
-from archive.client import ArchiveClient
 from archive.config import Settings
 from archive.datasets import DatasetRef, parse_ref
-from archive.netingest import Journal, journal_path, network_ingest
 from archive.node import ArchiveNode
 from archive.safe_extract import ExtractLimits
 
@@ -115,6 +111,9 @@ def network_ingest_command(
     as_json: bool,
 ) -> None:
     """``permafrost ingest PATH --server URL``: see :mod:`archive.netingest`."""
+    from archive.client import ArchiveClient  # httpx: only for commands that talk to a server
+    from archive.netingest import Journal, journal_path, network_ingest
+
     with (
         ArchiveClient(server, token, connections=max(4, jobs * 2)) as client,
         _progress() as progress,
@@ -176,6 +175,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Validate a BagIt bag (RFC 8493) strictly and ingest its payload as a new version."""
+        from archive.bag_import import import_bag  # bagit: only for bag commands
+
         node = ArchiveNode.open(settings())
         try:
             with _progress() as progress:
@@ -210,6 +211,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Export a version as a BagIt 1.0 bag (RFC 8493) with SHA-256 and SHA-512 manifests."""
+        from archive.bag_export import export_bag
+
         target = parse_ref(ref)
         node = ArchiveNode.open(settings())
         try:

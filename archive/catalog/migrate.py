@@ -22,20 +22,27 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.pool import NullPool
 
 from archive.catalog.db import make_engine, normalize_url
 from archive.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+# Alembic is imported where it is used: a catalog already at head (every start but the
+# first after an upgrade) is recognised without it, which saves a CLI command 0.2-0.4 s.
+_REVISION = re.compile(r'^revision(?::[^=\n]+)?\s*=\s*"([^"]+)"\s*$', re.MULTILINE)
+_DOWN_REVISION = re.compile(r'^down_revision(?::[^=\n]+)?\s*=\s*(None|"[^"]+")\s*$', re.MULTILINE)
 
 MIGRATION_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"permafrost.catalog.migrate").digest()[:8], "big", signed=True
@@ -67,6 +74,8 @@ def alembic_config(url: str, *, connection: sa.Connection | None = None) -> Conf
         connection: Run the migrations on this connection instead of opening one.
             The caller then owns the transaction and the migration lock.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_script_location()))
     config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
@@ -130,17 +139,23 @@ def _check_sqlite_foreign_keys(connection: sa.Connection) -> None:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the catalog at ``url`` forward to ``revision`` (under the migration lock)."""
+    from alembic import command
+
     with _ALEMBIC_COMMAND_LOCK:
         command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
     """Migrate back to ``revision`` (``"base"`` drops every table); for tests and rollbacks."""
+    from alembic import command
+
     with _ALEMBIC_COMMAND_LOCK:
         command.downgrade(alembic_config(url), revision)
 
 
 def _script_directory() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(str(_script_location()))
 
 
@@ -154,12 +169,48 @@ def head_revision() -> str:
 
 def current_revision(url: str) -> str | None:
     """The revision the catalog at ``url`` is at; ``None`` for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
     engine = make_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+def shipped_head() -> str | None:
+    """The head revision, read off the revision files with two patterns, without Alembic.
+
+    ``None`` when a file does not follow the plain ``revision = "..."`` /
+    ``down_revision = ...`` form or the revisions do not end in one head: the caller
+    then asks Alembic (:func:`head_revision`), which knows every form.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (_script_location() / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if revision is None or down is None:
+            return None
+        revisions.add(revision.group(1))
+        if down.group(1) != "None":
+            parents.add(down.group(1).strip('"'))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _stamped_revision(url: str) -> str | None:
+    """``alembic_version.version_num`` by plain SQL; ``None`` if absent or unreadable."""
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    except sa.exc.DBAPIError:
+        return None
+    finally:
+        engine.dispose()
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def is_up_to_date(url: str) -> bool:
@@ -188,5 +239,8 @@ def ensure_schema(url: str) -> None:
     inside the locked transaction (Alembic reads ``alembic_version`` after taking the
     lock), so the loser of the race finds the schema already at head.
     """
+    head = shipped_head()
+    if head is not None and _stamped_revision(url) == head:
+        return
     if not is_up_to_date(url):
         upgrade(url)

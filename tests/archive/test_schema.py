@@ -345,3 +345,38 @@ def test_revisions_do_not_import_project_code() -> None:
 def test_head_is_the_newest_numbered_revision() -> None:
     newest = max(path.name.split("_")[0] for path in REVISIONS.glob("[0-9]*.py"))
     assert migrate.head_revision() == newest
+
+
+def test_head_read_off_the_files_is_alembics_head() -> None:
+    assert migrate.shipped_head() == migrate.head_revision()
+
+
+_ENSURE_AND_REPORT_ALEMBIC = """
+import sys
+from archive.catalog.migrate import ensure_schema
+ensure_schema(sys.argv[1])
+print("alembic imported" if "alembic" in sys.modules else "no alembic")
+"""
+
+
+def test_a_catalog_at_head_starts_without_importing_alembic(catalog_url: str) -> None:
+    def start() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _ENSURE_AND_REPORT_ALEMBIC, catalog_url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert start() == "alembic imported"  # empty: migrated, with Alembic
+    assert migrate.current_revision(catalog_url) == migrate.head_revision()
+    assert start() == "no alembic"  # at head: recognised by one SELECT
+
+
+def test_a_catalog_behind_head_is_still_upgraded(catalog_url: str) -> None:
+    first = migrate.shipped_head()
+    assert first is not None
+    migrate.upgrade(catalog_url, "0001")
+    migrate.ensure_schema(catalog_url)
+    assert migrate.current_revision(catalog_url) == first
