@@ -82,7 +82,9 @@ def store_stream(
         InvalidInput: the body is shorter or longer than ``size``.
     """
     check_b3(expect_b3)
+    tier = node.hot
     with node.session() as session:
+        tier_id = node.tier_ids(session=session)[tier.name]
         existing = session.get(models.Blob, expect_b3)
         if existing is not None and not present_blobs([expect_b3], session=session):
             existing = None  # every copy is damaged or missing: take these bytes
@@ -105,22 +107,31 @@ def store_stream(
     reader = _IterReader(iter(chunks))
     first = reader.read(SAMPLE)
     encoder = Encoder(node.settings.zstd_level, threads=0)
-    compress = encoder.looks_compressible(first) if first else False
-    tier = node.hot
     with tier.begin_put() as upload:
-        try:
-            digest = encoder.encode_stream(reader, size, upload, first=first, compress=compress)
-        except (OSError, zstandard.ZstdError) as exc:  # zstd refuses a size other than pledged
-            raise InvalidInput(f"body length differs from the declared size: {exc}") from exc
-        if digest.b3 != expect_b3:
-            raise UploadDigestMismatch(expect_b3, digest.b3)
-        if expect_sha256 is not None and digest.sha256 != expect_sha256.lower():
-            raise UploadDigestMismatch(expect_sha256, digest.sha256, "sha256")
+        if len(first) < SAMPLE:
+            # The whole body is in hand (most uploads): encode it in memory, no lanes.
+            if size is not None and len(first) != size:
+                raise InvalidInput(f"body of {len(first)} bytes, declared {size}")
+            digest, stored = encoder.encode_bytes(first)
+            _check(digest, expect_b3, expect_sha256)
+            upload.write(stored)
+        else:
+            compress = encoder.looks_compressible(first)
+            try:
+                digest = encoder.encode_stream(reader, size, upload, first=first, compress=compress)
+            except (OSError, zstandard.ZstdError) as exc:  # zstd refuses an unpledged size
+                raise InvalidInput(f"body length differs from the declared size: {exc}") from exc
+            _check(digest, expect_b3, expect_sha256)
         try:
             upload.promote(blob_key(digest.b3), expect_b3=digest.stored_b3)
         except ObjectExists:
             digest = adopt_existing(tier, digest.b3)
-    with node.session() as session:
-        tier_id = node.tier_ids(session=session)[tier.name]
     BlobSink(tier, tier_id, node.engine, node.settings.pack_size).recorded_loose(digest)
     return digest, True
+
+
+def _check(digest: BlobDigest, expect_b3: str, expect_sha256: str | None) -> None:
+    if digest.b3 != expect_b3:
+        raise UploadDigestMismatch(expect_b3, digest.b3)
+    if expect_sha256 is not None and digest.sha256 != expect_sha256.lower():
+        raise UploadDigestMismatch(expect_sha256, digest.sha256, "sha256")
