@@ -31,7 +31,7 @@ from archive.catalog.models import EventType, ReplicaState, utcnow
 from archive.encoding import BlobDigest
 from archive.errors import Unavailable
 from archive.node import ArchiveNode
-from archive.packs import PackWriter, SealedPack, blob_key, pack_key
+from archive.packs import PackWriter, SealedPack, blob_key, pack_index_key, pack_key
 from archive.policy import TierInfo, parse_policy, target_tiers
 from archive.retrieval import Location, locate, read_stored
 from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, Tier, TierError
@@ -250,19 +250,23 @@ def record_pack_copy(
 
 @dataclass(frozen=True)
 class ExtraCopy:
+    """A copy no policy asks for: one loose blob, or a whole pack (``pack_id``)."""
+
     tier: str
     key: str
     replica_id: int
-    blob_b3: str
+    blob_b3: str | None
+    pack_id: str | None = None
+    members: int = 0
 
 
 def extra_copies(node: ArchiveNode, *, session: Session) -> list[ExtraCopy]:
-    """Loose copies on tiers that no policy asks for any more.
+    """Copies on tiers that no policy asks for any more.
 
     A blob's copy on a tier is extra when no collection holding the blob targets
-    that tier. Only loose copies are offered for removal: a pack holds other
-    blobs too (packs are left to a later sweep). The hot tier that ingest writes to
-    always keeps its copies.
+    that tier. A pack's copy is extra only when that holds for every blob in it: a
+    pack still holding one wanted blob is kept whole. The hot tier that ingest
+    writes to always keeps its copies, and a blob no dataset names is kept.
     """
     ids = node.tier_ids(session=session)
     names = {tid: name for name, tid in ids.items()}
@@ -288,6 +292,28 @@ def extra_copies(node: ArchiveNode, *, session: Session) -> list[ExtraCopy]:
             continue
         if tier not in wanted.get(replica.blob_b3, {tier}):
             extra.append(ExtraCopy(tier, replica.key, replica.id, replica.blob_b3))
+    packs = session.exec(
+        select(models.Replica).where(col(models.Replica.pack_id).is_not(None))
+    ).all()
+    candidates = [r for r in packs if names.get(r.tier_id, "") not in ("", node.settings.hot_tier)]
+    members: dict[str, list[str]] = {}
+    pack_ids = sorted({r.pack_id for r in candidates if r.pack_id is not None})
+    for i in range(0, len(pack_ids), 900):
+        for pack_id, b3 in session.execute(
+            sa.select(col(models.PackMember.pack_id), col(models.PackMember.blob_b3)).where(
+                col(models.PackMember.pack_id).in_(pack_ids[i : i + 900])
+            )
+        ):
+            members.setdefault(pack_id, []).append(b3)
+    for replica in candidates:
+        tier = names[replica.tier_id]
+        inside = members.get(replica.pack_id or "", [])
+        if replica.id is None or not inside:
+            continue
+        if all(tier not in wanted.get(b3, {tier}) for b3 in inside):
+            extra.append(
+                ExtraCopy(tier, replica.key, replica.id, None, replica.pack_id, len(inside))
+            )
     return extra
 
 
@@ -298,15 +324,20 @@ def drop_copies(node: ArchiveNode, copies: Sequence[ExtraCopy], *, session: Sess
         tier = node.tiers.get(copy.tier)
         if tier is not None:
             tier.delete(copy.key)
+            if copy.pack_id is not None:
+                tier.delete(pack_index_key(copy.pack_id))
         session.execute(sa.delete(models.Replica).where(col(models.Replica.id) == copy.replica_id))
+        detail: dict[str, Any] = {"key": copy.key, "reason": "no longer required by any policy"}
+        if copy.pack_id is not None:
+            detail["members"] = copy.members
         session.add(
             models.Event(
                 type=EventType.DELETION,
-                object_type="blob",
-                object_id=copy.blob_b3,
+                object_type="pack" if copy.pack_id is not None else "blob",
+                object_id=copy.pack_id or copy.blob_b3 or "",
                 tier=copy.tier,
                 outcome="success",
-                detail={"key": copy.key, "reason": "no longer required by any policy"},
+                detail=detail,
                 agent=AGENT,
             )
         )

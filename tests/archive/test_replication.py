@@ -382,14 +382,60 @@ def test_policy_change_adds_copies_and_drops_only_when_asked(tmp_path: Path) -> 
         assert states(node)[("cold", "present")] == 3  # kept: nothing dropped silently
         with node.session() as session:
             extra = extra_copies(node, session=session)
-            assert {(c.tier, c.key.startswith("blobs/")) for c in extra} == {("cold", True)}
-            assert len(extra) == 2  # the loose ones; the pack stays for a later sweep
-            assert drop_copies(node, extra, session=session) == 2
+            assert {(c.tier, c.key.split("/")[0]) for c in extra} == {
+                ("cold", "blobs"),
+                ("cold", "packs"),
+            }
+            assert len(extra) == 3  # the two loose blobs and the pack of the 3 small files
+            assert [c.members for c in extra if c.pack_id] == [3]
+            assert drop_copies(node, extra, session=session) == 3
         assert [i.key for i in node.tiers["cold"].list("blobs/")] == []
+        assert [i.key for i in node.tiers["cold"].list("packs/")] == []  # pack and index
+        assert states(node).get(("cold", "present"), 0) == 0
+        assert states(node)[("vault", "present")] == 3
         with node.session() as session:
             deletions = session.exec(
                 select(models.Event).where(models.Event.type == "deletion")
             ).all()
-            assert len(deletions) == 2
+            assert sorted(e.object_type for e in deletions) == ["blob", "blob", "pack"]
+    finally:
+        node.close()
+
+
+def test_a_pack_still_holding_a_wanted_blob_is_kept(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    node = ArchiveNode.open(
+        Settings(
+            data_dir=data,
+            tiers={
+                "hot": LocalTierConfig(path=data / "hot", role="hot"),
+                "cold": LocalTierConfig(path=data / "cold", role="cold"),
+            },
+        )
+    )
+    try:
+        make_tree(tmp_path / "a", small=2, seed=1)
+        make_tree(tmp_path / "b", small=2, seed=2)
+        ingest_tree(node, tmp_path / "a", parse_ref("lab/a"))
+        ingest_tree(node, tmp_path / "b", parse_ref("other/b"))
+        Worker(node).run_once()
+        cold_packs = [i.key for i in node.tiers["cold"].list("packs/") if i.key.endswith(".tar")]
+        assert len(cold_packs) == 1  # the small blobs of both collections, packed together
+
+        def drop_cold(collection: str) -> list[tuple[str, str | None]]:
+            with node.session() as session:
+                coll = session.exec(
+                    select(models.Collection).where(models.Collection.name == collection)
+                ).one()
+                coll.policy = {"copies": {"hot": 1, "cold": 0}}
+                session.add(coll)
+                session.flush()
+                return [(c.key, c.pack_id) for c in extra_copies(node, session=session)]
+
+        loose_only = drop_cold("other")
+        assert all(pack is None for _, pack in loose_only)  # lab/a still wants the pack
+        assert len(loose_only) == 1  # other/b's random.bin (text.csv is in lab/a too)
+        both = drop_cold("lab")
+        assert [key for key, pack in both if pack is not None] == cold_packs
     finally:
         node.close()
