@@ -235,13 +235,22 @@ def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_worker_killed_mid_copy_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_worker_killed_mid_copy_loses_nothing(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
     """SIGKILL while a large copy streams: nothing partial is ever present; after the
     lease expires another worker finishes the copy."""
     data = tmp_path / "data"
-    env = _config(tmp_path / "permafrost.toml", data, None, lease_seconds=2)
+    database_url = (
+        request.getfixturevalue("postgres_schema_url") if database == "postgres" else None
+    )
+    env = _config(tmp_path / "permafrost.toml", data, database_url, lease_seconds=2)
     settings = Settings(
         data_dir=data,
+        database_url=database_url,
         lease_seconds=2,
         tiers={
             "hot": LocalTierConfig(path=data / "hot", role="hot"),
