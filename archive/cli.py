@@ -440,7 +440,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-from archive import cli_transfer  # noqa: E402  (import-bag, export, ingest --server)
+# Command modules that register themselves on ``app``: catalog rebuild; import-bag,
+# export and ingest --server.
+from archive import cli_catalog, cli_transfer  # noqa: E402, F401
 
 cli_transfer.register(app, lambda: state.settings)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,3 +75,35 @@ def local_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Archi
     node = ArchiveNode.open(_settings("local", tmp_path, request))
     yield node
     node.close()
+
+
+class Cli:
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd = cwd
+        self.env = env
+
+    def __call__(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "archive.cli", *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == code, (
+            f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+        return result
+
+    def json(self, *args: str, code: int = 0) -> object:
+        return json.loads(self(*args, "--json", code=code).stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """The embedded default: no config at all, everything under ./permafrost-data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
+    work = tmp_path / "work"
+    work.mkdir()
+    return Cli(work, env)

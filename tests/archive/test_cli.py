@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -15,39 +14,9 @@ import blake3
 import httpx
 import pytest
 
+from tests.archive.conftest import Cli
+
 MiB = 1024 * 1024
-
-
-class Cli:
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd = cwd
-        self.env = env
-
-    def __call__(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "archive.cli", *args],
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == code, (
-            f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-        return result
-
-    def json(self, *args: str, code: int = 0) -> object:
-        return json.loads(self(*args, "--json", code=code).stdout)
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    """The embedded default: no config at all, everything under ./permafrost-data."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
-    work = tmp_path / "work"
-    work.mkdir()
-    return Cli(work, env)
 
 
 @pytest.fixture

@@ -1,0 +1,56 @@
+"""``permafrost catalog ...``: disaster recovery of the catalog itself."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from archive.cli_app import JsonOpt, _emit, app, console, out, state
+from archive.node import ArchiveNode
+from archive.rebuild import LIST_SHOWN, iter_problems, rebuild_catalog
+
+catalog_app = typer.Typer(help="Rebuild the catalog from storage.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("rebuild")
+def rebuild(
+    source: Annotated[str, typer.Option("--from", help="Tier whose manifests to read.")],
+    into: Annotated[
+        str | None,
+        typer.Option(help="Database URL to rebuild into (default: the configured catalog)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recreate an empty catalog from a tier's manifests and every tier's stored bytes.
+
+    Exits 1 when the history has a break or a blob was found on no tier.
+    """
+    settings = state.settings
+    if into is not None:
+        settings = settings.model_copy(update={"database_url": into})
+    node = ArchiveNode.open(settings)
+    try:
+        report = rebuild_catalog(node, source)
+    finally:
+        node.close()
+    if as_json:
+        _emit(report.as_dict())
+    else:
+        out.print(
+            f"rebuilt from {source}: {report.collections} collections, {report.datasets} "
+            f"datasets, {report.versions} versions, {report.entries} entries, "
+            f"{report.blobs} blobs, {report.packs} packs; copies "
+            + ", ".join(f"{n} on {t}" for t, n in sorted(report.copies.items()))
+            + f"; {report.seconds:.1f} s"
+        )
+        for i, line in enumerate(iter_problems(report)):
+            if i == LIST_SHOWN:
+                console.print("... (--json lists every problem)")
+                break
+            console.print(f"[red]{line}[/]" if not line.startswith("not recorded") else line)
+        for note in report.notes[:LIST_SHOWN]:
+            console.print(f"note: {note}", markup=False, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
