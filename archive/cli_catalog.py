@@ -1,12 +1,14 @@
-"""``permafrost catalog ...``: disaster recovery of the catalog itself."""
+"""``permafrost catalog rebuild`` and ``permafrost gc``: recovery and clean-up after disasters."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 import typer
 
-from archive.cli_app import JsonOpt, _emit, app, console, out, state
+from archive.cli_app import JsonOpt, _emit, _node, app, console, out, state
+from archive.gc import DEFAULT_GRACE, collect_garbage
 from archive.node import ArchiveNode
 from archive.rebuild import LIST_SHOWN, iter_problems, rebuild_catalog
 
@@ -54,3 +56,34 @@ def rebuild(
             console.print(f"note: {note}", markup=False, highlight=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("gc")
+def gc(
+    grace_hours: Annotated[
+        float,
+        typer.Option(min=0, help="Only what was last touched longer ago than this."),
+    ] = DEFAULT_GRACE.total_seconds() / 3600,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List, delete nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove what crashes left in the tiers: abandoned staging, unrecorded packs and blobs."""
+    with _node() as node:
+        report = collect_garbage(node, grace=dt.timedelta(hours=grace_hours), dry_run=dry_run)
+    if as_json:
+        _emit(report.as_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    staged = sum(report.staging.values())
+    out.print(
+        f"{verb} {len(report.removed)} unrecorded objects ({report.removed_bytes:,} bytes)"
+        + ("" if dry_run else f" and {staged} abandoned staged writes")
+        + f", older than {grace_hours:g} h"
+    )
+    for line in report.removed[:LIST_SHOWN]:
+        out.print(f"  {line}", markup=False, highlight=False)
+    if report.kept_unrecorded:
+        console.print(
+            f"kept {len(report.kept_unrecorded)} blobs with no copy row that the catalog "
+            "still names (a rerun of the ingest records them)"
+        )

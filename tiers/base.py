@@ -181,6 +181,12 @@ class Tier(Protocol):
         """Remove one object. Deleting a missing key is not an error (idempotent)."""
         ...
 
+    def sweep_staging(self, older_than: dt.datetime) -> int:
+        """Remove staged writes last touched before ``older_than`` that were never
+        promoted (a crash left them); returns how many. Promoted objects are never
+        touched, and a write in progress is younger than any sensible grace period."""
+        ...
+
     def close(self) -> None: ...
 
 

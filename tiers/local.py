@@ -164,6 +164,27 @@ class LocalTier:
             if self.fsync:
                 _fsync_folder(path.parent)
 
+    def sweep_staging(self, older_than: dt.datetime) -> int:
+        """Unlink files under ``.staging/`` last modified before ``older_than``."""
+        cutoff = older_than.timestamp()
+        removed = 0
+        with self._os_errors(None):
+            try:
+                entries = list(os.scandir(self.staging))
+            except FileNotFoundError:
+                return 0
+            for entry in entries:
+                try:
+                    if (
+                        entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                    ):
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # promoted or aborted meanwhile
+        return removed
+
     def close(self) -> None:
         """Nothing to release: files are opened per call."""
 

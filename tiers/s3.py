@@ -30,6 +30,7 @@ the bucket a lifecycle rule ``AbortIncompleteMultipartUpload`` and one expiring
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import functools
 import io
 import threading
@@ -251,6 +252,27 @@ class S3Tier:
                         etag=entry["ETag"].strip('"'),
                         storage_class=entry.get("StorageClass"),
                     )
+
+    def sweep_staging(self, older_than: dt.datetime) -> int:
+        """Delete staging objects and abort multipart uploads begun before ``older_than``."""
+        self._ensure_bucket()
+        removed = 0
+        with self._errors(None):
+            objects = self.client.get_paginator("list_objects_v2")
+            for page in objects.paginate(Bucket=self.bucket, Prefix=self.staging_prefix):
+                for entry in page.get("Contents", []):
+                    if entry["LastModified"] < older_than:
+                        self.client.delete_object(Bucket=self.bucket, Key=entry["Key"])
+                        removed += 1
+            uploads = self.client.get_paginator("list_multipart_uploads")
+            for listing in uploads.paginate(Bucket=self.bucket, Prefix=self.staging_prefix):
+                for upload in listing.get("Uploads", []):
+                    if upload["Initiated"] < older_than:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+        return removed
 
     def delete(self, key: str) -> None:
         """``DeleteObject``, which S3 already treats as idempotent."""

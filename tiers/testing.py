@@ -22,6 +22,7 @@ an abort leaves no trace, and a 100 MiB object moves through in flat memory.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import random
 import resource
@@ -280,6 +281,19 @@ class TierConformance:
             assert keys(tier) == ["kept"]
             assert keys(tier, ".") == []
             upload.abort()
+
+    def test_sweep_removes_only_abandoned_staging(self, tier: Tier) -> None:
+        put_bytes(tier, "kept/one", b"kept")
+        abandoned = tier.begin_put()  # a crash: written, never promoted nor aborted
+        abandoned.write(self.payload("large"))
+        now = dt.datetime.now(dt.UTC)
+        assert tier.sweep_staging(now - dt.timedelta(hours=1)) == 0  # young: left alone
+        staged = self.staged_leftovers(tier)
+        assert tier.sweep_staging(now + dt.timedelta(minutes=5)) == len(staged)
+        assert self.staged_leftovers(tier) == []
+        assert read(tier, "kept/one") == b"kept"
+        assert keys(tier) == ["kept/one"]
+        abandoned.abort()  # what the crashed writer would have done: still harmless
 
     def test_delete_is_idempotent(self, tier: Tier) -> None:
         put_bytes(tier, "d/one", b"1")

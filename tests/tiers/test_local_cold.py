@@ -77,6 +77,9 @@ class RestoringReader:
     def delete(self, key: str) -> None:
         self.tier.delete(key)
 
+    def sweep_staging(self, older_than: dt.datetime) -> int:
+        return self.tier.sweep_staging(older_than)
+
     def close(self) -> None:
         self.tier.close()
 
