@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     port: int = 8000
     api_token: SecretStr | None = None
     """When set, the HTTP API requires ``Authorization: Bearer <token>``."""
+    max_upload_bytes: int = Field(default=5 * 1024**4, ge=1)
+    """Largest blob one upload may carry (default 5 TiB, S3's own object limit); a larger
+    declared or streamed body is refused with 413 and nothing is kept."""
     organization: str = "Permafrost"
     default_policy: ReplicationPolicy | None = None
     """Copies wanted for a collection that has no policy of its own (default: one copy

@@ -7,7 +7,8 @@ failure, 2 bad usage or bad input) and ``http_status`` for the API::
     ├── InvalidInput                    exit 2, HTTP 422: the caller's input is wrong
     │   ├── InvalidPath(path, reason)   a path that may not enter the archive
     │   ├── UnsupportedFile(path, reason)  symlink out of tree, FIFO, device, unreadable
-    │   └── PathCollision(paths)        two paths equal after NFC normalisation
+    │   ├── PathCollision(paths)        two paths equal after NFC normalisation
+    │   └── TooLarge(limit)             HTTP 413: a body over the configured limit
     ├── NotFound                        exit 2, HTTP 404: no such collection/dataset/version/file
     ├── Conflict                        exit 2, HTTP 409
     │   └── MissingBlobs(digests)       a version names content the archive lacks
@@ -52,6 +53,14 @@ class PathCollision(InvalidInput):
             "paths collide after Unicode NFC normalisation: " + ", ".join(map(repr, paths))
         )
         self.paths = list(paths)
+
+
+class TooLarge(InvalidInput):
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is larger than this server accepts ({limit:,} bytes)")
+        self.limit = limit
 
 
 class NotFound(PermafrostError):

@@ -17,7 +17,7 @@ import zstandard
 from archive.blobstore import BlobSink, adopt_existing, present_blobs
 from archive.catalog import models
 from archive.encoding import BlobDigest, Encoder
-from archive.errors import InvalidInput
+from archive.errors import InvalidInput, TooLarge
 from archive.node import ArchiveNode
 from archive.packs import blob_key
 from tiers import ObjectExists
@@ -82,6 +82,10 @@ def store_stream(
         InvalidInput: the body is shorter or longer than ``size``.
     """
     check_b3(expect_b3)
+    limit = node.settings.max_upload_bytes
+    if size is not None and size > limit:
+        raise TooLarge(limit)
+    chunks = _capped(chunks, limit)
     tier = node.hot
     with node.session() as session:
         tier_id = node.tier_ids(session=session)[tier.name]
@@ -128,6 +132,16 @@ def store_stream(
             digest = adopt_existing(tier, digest.b3)
     BlobSink(tier, tier_id, node.engine, node.settings.pack_size).recorded_loose(digest)
     return digest, True
+
+
+def _capped(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """The chunks, refused as soon as they add up to more than ``limit`` bytes."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(limit)
+        yield chunk
 
 
 def _check(digest: BlobDigest, expect_b3: str, expect_sha256: str | None) -> None:

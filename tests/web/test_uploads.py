@@ -289,3 +289,24 @@ def test_openapi_declares_the_bearer_scheme_only_with_a_token(
         assert "HTTPBearer" in schema["components"]["securitySchemes"]
         responses = schema["paths"]["/api/v1/collections"]["get"]["responses"]
         assert "401" in responses
+
+
+def test_uploads_over_the_size_limit_are_413_and_keep_nothing(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", max_upload_bytes=10_000)
+    big, small = content(os.urandom(10_001)), content(os.urandom(10_000))
+    with TestClient(create_app(settings)) as client:
+        node: ArchiveNode = client.app.state.node  # type: ignore[attr-defined]
+        declared = put(client, big)
+        assert declared.status_code == 413, declared.text
+        assert "10,000 bytes" in declared.json()["detail"]
+
+        def chunked() -> Any:  # no Content-Length: the limit holds while streaming
+            yield big.data[:6000]
+            yield big.data[6000:]
+
+        streamed = client.put(f"{API}/blobs/{big.b3}", content=chunked())
+        assert streamed.status_code == 413
+        assert count(node, models.Blob) == 0
+        assert hot_files(settings) == []  # staging included: the aborted writes are gone
+        assert put(client, small).status_code == 201  # at the limit: fine
+        assert count(node, models.Blob) == 1
