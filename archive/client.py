@@ -37,7 +37,7 @@ from archive.errors import InvalidInput, Unavailable, UnsupportedFile
 
 MISSING_BATCH = 10_000
 """The server's limit on one ``/blobs/missing`` question (web.schemas.MAX_MISSING_QUERY)."""
-MAX_COMMIT_ENTRIES = 5_000_000
+MAX_COMMIT_ENTRIES = 1_000_000
 """The server's limit on the entries of one NDJSON commit (web.schemas.MAX_STREAM_ENTRIES)."""
 COMMIT_LINES_PER_CHUNK = 2000
 CHUNK = 1024 * 1024

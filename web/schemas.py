@@ -27,7 +27,7 @@ NAME_PATTERN = NAME_RE.pattern
 MAX_MISSING_QUERY = 10_000
 MAX_COMMIT_ENTRIES = 100_000
 """Entries of one JSON commit; larger versions are sent as NDJSON (``POST .../versions/stream``)."""
-MAX_STREAM_ENTRIES = 5_000_000
+MAX_STREAM_ENTRIES = 1_000_000
 MAX_STREAM_LINE = 32 * 1024
 MAX_METADATA_DEPTH = 32
 #: 8 PiB: exact as a JSON number in every client (IEEE doubles hold integers up to 2**53).
