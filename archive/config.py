@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=300.0, gt=0)
     """How long a worker owns a claimed row; a crashed worker's rows return after this."""
     worker_batch: int = Field(default=64, ge=1)
+    replicate_threads: int = Field(default=2, ge=1, le=64)
+    """Loose copies one worker makes at once (each streams one blob; memory is per copy)."""
     worker_poll_seconds: float = Field(default=2.0, gt=0)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)

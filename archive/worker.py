@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -162,27 +163,32 @@ class Worker:
         done = self._replicate_packed()
         rows = self._claim(small=False, limit=self.node.settings.worker_batch)
         names = self._tier_names()
-        for replica_id, b3, tier_id, failures in rows:
-            if self.stop.is_set():
-                self._release([replica_id], delay=0.0)
-                continue
-            tier = names[tier_id]
-            if self._tier_wait.get(tier, 0.0) > time.monotonic():
-                self._release([replica_id], delay=0.0)
-                continue
-            with self.node.session() as session:
-                blob = session.get(models.Blob, b3)
-                assert blob is not None
-                sources = sources_of(b3, tier, session=session)
-            item = Claimed(replica_id, blob, tier)
-            try:
-                verified = copy_loose(self.node, item, sources)
-            except (TierError, PermafrostError) as exc:
-                self._failed([replica_id], failures, tier, b3, exc)
-                continue
-            self._succeeded([replica_id], tier, [b3], verified=verified)
-            done += 1
-        return done
+        threads = min(self.node.settings.replicate_threads, len(rows))
+        if threads <= 1:
+            return done + sum(self._copy_one(row, names) for row in rows)
+        # Several copies at once: one blob's read-back overlaps another's upload, and a
+        # slow tier holds up one thread, not the batch. Each row is leased to us alone.
+        with ThreadPoolExecutor(threads, thread_name_prefix="replicate") as pool:
+            return done + sum(pool.map(lambda row: self._copy_one(row, names), rows))
+
+    def _copy_one(self, row: tuple[int, str, int, int], names: dict[int, str]) -> int:
+        """Copy one claimed loose blob; 1 when its copy is now present, else 0."""
+        replica_id, b3, tier_id, failures = row
+        tier = names[tier_id]
+        if self.stop.is_set() or self._tier_wait.get(tier, 0.0) > time.monotonic():
+            self._release([replica_id], delay=0.0)
+            return 0
+        with self.node.session() as session:
+            blob = session.get(models.Blob, b3)
+            assert blob is not None
+            sources = sources_of(b3, tier, session=session)
+        try:
+            verified = copy_loose(self.node, Claimed(replica_id, blob, tier), sources)
+        except (TierError, PermafrostError) as exc:
+            self._failed([replica_id], failures, tier, b3, exc)
+            return 0
+        self._succeeded([replica_id], tier, [b3], verified=verified)
+        return 1
 
     def _replicate_packed(self) -> int:
         rows = self._claim(small=True, limit=PACK_CLAIM_LIMIT)
