@@ -16,7 +16,7 @@ from archive.policy import ReplicationPolicy, parse_policy
 from archive.replication import drop_copies, extra_copies, plan, targets_of
 from archive.restore import latest_ready_at, plan_restore, request_restore
 from archive.status import archive_status
-from archive.worker import LOOPS, Worker
+from archive.worker import Worker
 
 policy_app = typer.Typer(help="Replication policies of collections.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -26,13 +26,15 @@ app.add_typer(policy_app, name="policy")
 def worker(
     once: Annotated[bool, typer.Option("--once", help="One pass of each loop, then exit.")] = False,
     loops: Annotated[
-        str, typer.Option(help=f"Comma-separated loops to run ({','.join(LOOPS)}).")
-    ] = ",".join(LOOPS),
+        str | None,
+        typer.Option(help="Comma-separated loops to run (default: all, built-in and plugged in)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Claim and do the archive's work (copies, restores) until SIGTERM, or once."""
     with _node() as node:
-        w = Worker(node, loops=[x.strip() for x in loops.split(",") if x.strip()])
+        chosen = [x.strip() for x in loops.split(",") if x.strip()] if loops else None
+        w = Worker(node, loops=chosen)
         signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
         signal.signal(signal.SIGINT, lambda *_: w.stop.set())
         if not once:
