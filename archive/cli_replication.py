@@ -48,11 +48,15 @@ def worker(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Copies by tier and state, the work queue, and which datasets are preserved."""
+    """Copies by tier and state, the work queue, which datasets are preserved, and
+    which blobs are lost (exit 1 when any is: no good copy of it is left)."""
     with _node() as node, node.session() as session:
         data = archive_status(node, session=session)
+    lost = data["integrity"]["lost"]
     if as_json:
         _emit(data)
+        if lost:
+            raise typer.Exit(1)
         return
     for tier, states in data["replicas"].items():
         out.print(f"{tier:>12}: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
@@ -65,6 +69,19 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"datasets preserved: {d['preserved']}/{d['total']}")
     for item in d["items"]:
         out.print(f"  {item['dataset']}@v{item['version']}: {item['summary']}", markup=False)
+    integrity = data["integrity"]
+    if integrity["degraded"]:
+        out.print(
+            f"[yellow]{integrity['degraded']} blob(s) have a damaged copy (repair pending)[/]"
+        )
+    if integrity["manifests_damaged"]:
+        out.print(f"[yellow]{integrity['manifests_damaged']} manifest(s) damaged[/]")
+    if lost:
+        out.print(f"[red bold]LOST: {len(lost)} blob(s) have no good copy[/]")
+        for item in lost:
+            out.print(f"  blob {item['b3']}: in {', '.join(item['versions'])}", markup=False)
+        out.print("versions at risk: " + ", ".join(integrity["versions_at_risk"]), markup=False)
+        raise typer.Exit(1)
 
 
 @policy_app.command("show")

@@ -39,6 +39,7 @@ from fixity.schedule import (
     next_after_audit,
     schedule_new,
 )
+from tiers import TierError
 
 AGENT = "permafrost/fixity"
 SUMMARY_OBJECT = "archive"
@@ -79,7 +80,12 @@ class Auditor:
         self.owner = owner
         self.rng = rng or random.Random()
         self._usable = usable or (lambda _tier: True)
-        self._back_off = back_off or (lambda _tier, failures: 60.0 * 2 ** min(failures, 8))
+        self._back_off = back_off or (
+            lambda _tier, failures: min(
+                node.settings.retry_max_seconds,
+                node.settings.retry_base_seconds * 2 ** min(failures, 20),
+            )
+        )
         self._rates: dict[str, ByteRate] = {}
         self.lease = dt.timedelta(seconds=node.settings.lease_seconds)
 
@@ -336,7 +342,7 @@ class Auditor:
                 else:
                     report.sample_waiting(tier)
                     self._release_sample(claim)
-            except Exception as exc:  # a tier error: the sample waits for the next pass
+            except TierError as exc:  # the sample waits for the next pass
                 report.unreachable_copy(tier, str(exc), sampled=True)
                 self._release_sample(claim)
         self._audit_claims(tier, readable, opts, report, sampled=True)

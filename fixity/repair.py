@@ -38,7 +38,7 @@ from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
 from archive.datasets import dataset_document
 from archive.manifest import ManifestEntry, render
 from archive.node import ArchiveNode
-from archive.packs import TAR_END, blob_key, tar_member
+from archive.packs import TAR_END, blob_key, pack_key, tar_member
 from archive.retrieval import Location, locate, read_stored
 from fixity.audit import AGENT as AUDIT_AGENT
 from fixity.audit import pack_target
@@ -82,6 +82,12 @@ class RepairClaim:
     failures: int
 
 
+def retry_delay(node: ArchiveNode, failures: int) -> float:
+    """The configured exponential backoff (without the worker's jitter)."""
+    s = node.settings
+    return float(min(s.retry_max_seconds, s.retry_base_seconds * 2 ** min(failures, 20)))
+
+
 class _NoGoodSource(Exception):
     def __init__(self, waiting: bool, why: str) -> None:
         super().__init__(why)
@@ -100,7 +106,7 @@ class Repairer:
         self.node = node
         self.owner = owner
         self._usable = usable or (lambda _tier: True)
-        self._back_off = back_off or (lambda _tier, failures: 60.0 * 2 ** min(failures, 8))
+        self._back_off = back_off or (lambda _tier, failures: retry_delay(node, failures))
         self.lease = dt.timedelta(seconds=node.settings.lease_seconds)
 
     # -- claiming ----------------------------------------------------------------------
@@ -237,18 +243,39 @@ class Repairer:
                 )
                 if result.ok:
                     return loc
+                if result.finding == Finding.NEEDS_RESTORE and self._ask_restore(tier, loc.key):
+                    result = check(tier, target, Level.DEEP)  # restored at once (local cold)
+                    self._event(
+                        EventType.FIXITY_CHECK,
+                        "blob",
+                        blob.b3,
+                        loc.tier,
+                        result.ok,
+                        {
+                            "key": loc.key,
+                            "level": "deep",
+                            "purpose": "repair source",
+                            **({"error": result.detail} if result.detail else {}),
+                        },
+                    )
+                    if result.ok:
+                        return loc
                 if result.is_damage:
                     self._mark_source(loc, result)
                 else:
                     waiting.append(f"{loc.tier}: {result.finding}")
-                    self._ask_restore(tier, loc.key, result)
             else:
                 try:
                     stored = b"".join(read_stored(tier, loc))
                 except TierError as exc:
-                    waiting.append(f"{loc.tier}: {exc}")
-                    self._ask_restore(tier, loc.key, CheckResult(Finding.NEEDS_RESTORE, Level.DEEP))
-                    continue
+                    if not self._ask_restore(tier, pack_key(loc.pack_id)):
+                        waiting.append(f"{loc.tier}: {exc}")
+                        continue
+                    try:
+                        stored = b"".join(read_stored(tier, loc))
+                    except TierError as again:
+                        waiting.append(f"{loc.tier}: {again}")
+                        continue
                 member = Member(blob, loc.offset, loc.length or 0)
                 problem = member_problem(stored, member, deep=True)
                 self._event(
@@ -272,10 +299,14 @@ class Repairer:
             raise _NoGoodSource(True, "; ".join(waiting))
         raise _NoGoodSource(False, "no other copy passes an audit")
 
-    def _ask_restore(self, tier: Tier, key: str, result: CheckResult) -> None:
-        if result.finding == Finding.NEEDS_RESTORE and isinstance(tier, ColdTier):
-            with contextlib.suppress(TierError):
-                tier.restore(key, days=tier.restore_days)
+    def _ask_restore(self, tier: Tier, key: str) -> bool:
+        """Ask a cold tier to restore ``key``; whether it is readable right away."""
+        if not isinstance(tier, ColdTier):
+            return False
+        try:
+            return tier.restore(key, days=tier.restore_days).readable
+        except TierError:
+            return False
 
     def _mark_source(self, loc: Location, result: CheckResult) -> None:
         """A would-be source failed its fresh audit: it is damaged too (and repaired in
