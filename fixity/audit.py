@@ -276,6 +276,8 @@ class Auditor:
                     "next_audit_at": None,
                     "updated_at": now,
                 }
+                if result.level != Level.LIGHT:  # the bytes were read (and found bad)
+                    values["last_read_at"] = now
             changed = session.execute(sa.update(R).where(mine).values(**values))
             if changed.rowcount == 0:  # type: ignore[attr-defined]
                 return  # our lease ran out and another worker took the copy over

@@ -44,7 +44,9 @@ def audit_status(node: ArchiveNode, *, session: Session) -> dict[str, Any]:
                 sa.func.count().filter(col(R.state).in_(BAD)),
                 sa.func.min(col(R.last_verified_at)).filter(present),
                 sa.func.count().filter(present, col(R.next_audit_at) <= now),
-                sa.func.count().filter(present, col(R.last_read_at).is_not(None)),
+                sa.func.count().filter(
+                    col(R.state).in_([ReplicaState.PRESENT, *BAD]), col(R.last_read_at).is_not(None)
+                ),
             ).where(on_tier)
         ).one()
         copies, verified, overdue, damaged, oldest, due, read = row

@@ -11,7 +11,7 @@ from pathlib import Path
 import blake3
 from botocore.exceptions import ClientError
 
-from archive.config import LocalTierConfig, S3TierConfig
+from archive.config import LocalColdTierConfig, LocalTierConfig, S3TierConfig
 from archive.node import ArchiveNode
 from tests.support.s3server import S3Server
 
@@ -24,7 +24,7 @@ class Raw:
         self.s3 = s3
 
     def _path(self, key: str) -> Path:
-        assert isinstance(self.cfg, LocalTierConfig)
+        assert isinstance(self.cfg, LocalTierConfig | LocalColdTierConfig)
         return Path(self.cfg.path) / key
 
     def read(self, key: str) -> bytes | None:

@@ -18,7 +18,7 @@ from sqlmodel import col, select
 
 from archive.catalog import models
 from archive.catalog.models import ReplicaState, utcnow
-from archive.config import AuditPolicy, LocalTierConfig, S3TierConfig, Settings
+from archive.config import AuditPolicy, LocalColdTierConfig, LocalTierConfig, S3TierConfig, Settings
 from archive.datasets import parse_ref
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
@@ -27,6 +27,7 @@ from archive.worker import Worker
 from fixity.audit import AuditOptions, Auditor
 from fixity.ratelimit import ByteRate
 from fixity.schedule import spread
+from fixity.status import audit_status
 from tests.fixity.faults import Raw
 from tests.support.s3server import new_server, run_seaweedfs
 from web.app import create_app
@@ -331,5 +332,62 @@ def test_cli_audit_run_status_events_and_api(tmp_path: Path) -> None:
             assert metrics.status_code == 200
             assert 'permafrost_audits_total{tier="hot",outcome="failure"}' in metrics.text
             assert 'permafrost_audit_failures{tier="hot"} 1' in metrics.text
+    finally:
+        node.close()
+
+
+def test_cold_copies_are_sampled_within_the_restore_budget(tmp_path: Path) -> None:
+    """A cold tier gets light audits on schedule; its bytes are read only by sampled
+    audits whose restores stay within the budget per interval, least recently read
+    first, so successive periods cover every copy, and damage the light audit cannot
+    see (a flipped bit keeps the size) is found when the sample reaches it."""
+    budget = 4 * MiB
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={
+            "hot": LocalTierConfig(path=tmp_path / "hot", role="hot"),
+            "cold": LocalColdTierConfig(path=tmp_path / "cold"),
+        },
+        audit={"cold": AuditPolicy(interval_days=30, level="light", restore_budget_bytes=budget)},
+        retry_base_seconds=0.01,
+    )
+    node = ArchiveNode.open(settings)
+    try:
+        files = _tree(tmp_path / "src")
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/cold"))
+        Worker(node, loops=["plan", "replicate"]).run_once()
+        b3 = blake3.blake3(files["big/b.bin"]).hexdigest()
+        Raw(node, "cold", None).flip_bit(blob_key(b3))  # 3 MiB, same size: light cannot see
+
+        light = Auditor(node, owner="t").audit_pass(
+            AuditOptions(tiers=["cold"], due_only=False, samples=False)
+        )
+        assert light.clean and light.tiers["cold"].levels == {"light": 3}
+        assert light.tiers["cold"].bytes_read == 0
+
+        coverage: list[float] = []
+        found = False
+        for _period in range(3):
+            report = Auditor(node, owner="t").audit_pass(AuditOptions(tiers=["cold"]))
+            assert report.tiers["cold"].bytes_read <= budget
+            found = found or report.damage_found == 1
+            with node.session() as session:
+                coverage.append(
+                    audit_status(node, session=session)["tiers"]["cold"]["sample_coverage"]
+                )
+                for r in session.exec(select(models.Replica)).all():  # the period passes
+                    if r.last_read_at is not None:
+                        r.last_read_at -= dt.timedelta(days=31)
+                        session.add(r)
+        assert found, "the sampled deep audit never reached the damaged copy"
+        assert coverage[0] < 1.0 and coverage[-1] == 1.0
+        with node.session() as session:
+            cold_id = node.tier_ids(session=session)["cold"]
+            bad = session.exec(
+                select(models.Replica).where(
+                    models.Replica.tier_id == cold_id, models.Replica.blob_b3 == b3
+                )
+            ).one()
+        assert bad.state == ReplicaState.DAMAGED
     finally:
         node.close()
