@@ -29,7 +29,7 @@ from archive.config import AuditPolicy
 from archive.node import ArchiveNode
 from fixity.checks import CheckResult, Finding, Level, Member, Target, check
 from fixity.ratelimit import ByteRate
-from fixity.report import AuditReport
+from fixity.report import AuditReport, record_daily_summary
 from fixity.schedule import (
     AuditClaim,
     ManifestClaim,
@@ -132,9 +132,12 @@ class Auditor:
         if opts.manifests and self.node.settings.hot_tier in wanted:
             self._audit_manifests(opts, report)
         report.finished_at = utcnow()
-        if report.checked or report.unreachable:
-            with self.node.session() as session:
+        with self.node.session() as session:
+            if report.checked or report.unreachable:
                 session.add(report.summary_event(agent=AGENT, object_id=SUMMARY_OBJECT))
+            record_daily_summary(
+                session, report.finished_at.date() - dt.timedelta(days=1), agent=AGENT
+            )
         return report
 
     def _samples_due(self, tier: str) -> bool:

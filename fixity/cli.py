@@ -9,6 +9,7 @@ audited was good.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from archive.node import ArchiveNode
 from fixity.audit import AuditOptions, Auditor
 from fixity.checks import Level
 from fixity.repair import Repairer
+from fixity.report import daily_summary
 from fixity.status import audit_status
 
 console = Console(stderr=True)
@@ -117,6 +119,24 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         m = data["manifests"]
         out.print(f" manifests: {m['count']}, {m['damaged']} damaged, {m['due_now']} due")
         out.print("every copy proven within its interval" if data["proven"] else "NOT all proven")
+
+    @audit_app.command("report")
+    def audit_report(
+        day: Annotated[
+            str | None, typer.Option(help="A UTC day, YYYY-MM-DD (default: today so far).")
+        ] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """One day's summary: copies checked and repairs, per tier and outcome."""
+        when = dt.date.fromisoformat(day) if day else dt.datetime.now(dt.UTC).date()
+        with node() as archive, archive.session() as session:
+            data = daily_summary(session, when)
+        if as_json:
+            _emit(data)
+            return
+        out.print(f"{data['day']}: {data['lost_reports']} report(s) of blobs with no good copy")
+        for name, tally in sorted(data["tiers"].items()):
+            out.print(f"  {name}: " + ", ".join(f"{k} {n}" for k, n in sorted(tally.items())))
 
     @app.command("events")
     def events_command(

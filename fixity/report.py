@@ -11,6 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
 from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType
 from fixity.checks import CheckResult, Finding, Target
@@ -137,3 +140,69 @@ class AuditReport:
             agent=agent,
             created_at=self.finished_at or self.started_at,
         )
+
+
+def day_object_id(day: dt.date) -> str:
+    return f"day:{day.isoformat()}"
+
+
+def daily_summary(session: Session, day: dt.date) -> dict[str, Any]:
+    """What the audits and repairs of one UTC day did, from that day's events."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    end = start + dt.timedelta(days=1)
+    E = models.Event
+    rows = session.execute(
+        sa.select(col(E.type), col(E.tier), col(E.outcome), sa.func.count())
+        .where(
+            col(E.created_at) >= start,
+            col(E.created_at) < end,
+            col(E.type).in_([EventType.FIXITY_CHECK, EventType.REPAIR]),
+            col(E.object_type) != "archive",
+        )
+        .group_by(col(E.type), col(E.tier), col(E.outcome))
+    ).all()
+    tiers: dict[str, dict[str, int]] = {}
+    for event_type, tier, outcome, count in rows:
+        key = ("checked" if event_type == EventType.FIXITY_CHECK else "repair") + f" {outcome}"
+        tally = tiers.setdefault(tier or "-", {})
+        tally[key] = tally.get(key, 0) + count
+    lost = session.execute(
+        sa.select(sa.func.count())
+        .select_from(E)
+        .where(
+            col(E.created_at) >= start,
+            col(E.created_at) < end,
+            col(E.type) == EventType.REPAIR,
+            col(E.outcome) == EventOutcome.FAILURE,
+            col(E.object_type) == "blob",
+        )
+    ).scalar_one()
+    return {"day": day.isoformat(), "tiers": tiers, "lost_reports": lost}
+
+
+def record_daily_summary(session: Session, day: dt.date, *, agent: str) -> bool:
+    """Write the day's summary event once (the first audit pass after the day ends)."""
+    E = models.Event
+    exists = session.execute(
+        sa.select(col(E.id)).where(
+            col(E.object_type) == "archive", col(E.object_id) == day_object_id(day)
+        )
+    ).first()
+    if exists is not None:
+        return False
+    summary = daily_summary(session, day)
+    failed = any(
+        n for t in summary["tiers"].values() for k, n in t.items() if k.endswith("failure")
+    )
+    session.add(
+        models.Event(
+            type=EventType.FIXITY_CHECK,
+            object_type="archive",
+            object_id=day_object_id(day),
+            tier=None,
+            outcome=EventOutcome.FAILURE if failed else EventOutcome.SUCCESS,
+            detail={"summary": "daily", **summary},
+            agent=agent,
+        )
+    )
+    return True

@@ -26,6 +26,7 @@ from archive.packs import blob_key
 from archive.worker import Worker
 from fixity.audit import AuditOptions, Auditor
 from fixity.ratelimit import ByteRate
+from fixity.report import daily_summary, record_daily_summary
 from fixity.schedule import spread
 from fixity.status import audit_status
 from tests.fixity.faults import Raw
@@ -389,5 +390,34 @@ def test_cold_copies_are_sampled_within_the_restore_budget(tmp_path: Path) -> No
                 )
             ).one()
         assert bad.state == ReplicaState.DAMAGED
+    finally:
+        node.close()
+
+
+def test_one_daily_summary_per_day(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={"hot": LocalTierConfig(path=tmp_path / "hot", role="hot")},
+    )
+    node = ArchiveNode.open(settings)
+    try:
+        _tree(tmp_path / "src")
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/day"))
+        report = Auditor(node, owner="t").audit_pass(AuditOptions(due_only=False))
+        today = utcnow().date()
+        with node.session() as session:
+            summary = daily_summary(session, today)
+            assert summary["tiers"]["hot"]["checked success"] == report.checked
+            assert record_daily_summary(session, today, agent="test")
+            assert not record_daily_summary(session, today, agent="test")  # once a day
+        Auditor(node, owner="t").audit_pass()  # yesterday's summary, written once
+        Auditor(node, owner="t").audit_pass()
+        with node.session() as session:
+            daily = session.exec(
+                select(models.Event).where(col(models.Event.object_id).startswith("day:"))
+            ).all()
+        assert sorted(e.object_id for e in daily) == sorted(
+            [f"day:{today}", f"day:{today - dt.timedelta(days=1)}"]
+        )
     finally:
         node.close()
