@@ -39,7 +39,7 @@ from fixity.schedule import (
     next_after_audit,
     schedule_new,
 )
-from tiers import TierError
+from tiers import ObjectNotFound, TierError
 
 AGENT = "permafrost/fixity"
 SUMMARY_OBJECT = "archive"
@@ -198,7 +198,49 @@ class Auditor:
                 f"first read failed ({first.detail}); a fresh read was good",
                 second.provider_checksum,
             )
+        if second.finding == Finding.MISSING and not self._tier_holds_others(tier, target.key):
+            return CheckResult(
+                Finding.UNREACHABLE,
+                level,
+                detail=f"{target.key} is missing and so are the tier's other copies probed: "
+                "unmounted or emptied? Not recorded as damage; a person should look",
+            )
         return second
+
+    def _tier_holds_others(self, tier: str, key: str, probes: int = 3) -> bool:
+        """Whether other copies on the tier are still there (a few, most recently proven).
+
+        A folder tier whose disk is not mounted answers "no such object" for every key,
+        exactly like a deleted copy: one missing copy among present ones is damage, all
+        of them at once is the tier. A tier with no other copy cannot tell: damage.
+        """
+        R = models.Replica
+        with self.node.session() as session:
+            tier_id = self.node.tier_ids(session=session)[tier]
+            keys = session.execute(
+                sa.select(col(R.key))
+                .where(
+                    col(R.tier_id) == tier_id,
+                    col(R.state) == ReplicaState.PRESENT,
+                    col(R.key) != key,
+                    col(R.last_verified_at).is_not(None),
+                )
+                .order_by(col(R.last_verified_at).desc())
+                .limit(probes)
+            ).scalars()
+            others = [k for k in keys if k is not None]
+        if not others:
+            return True
+        store = self.node.tiers[tier]
+        for other in others:
+            try:
+                store.stat(other)
+                return True
+            except ObjectNotFound:
+                continue
+            except TierError:
+                return False
+        return False
 
     def _target(self, claim: AuditClaim) -> Target | None:
         with self.node.session() as session:

@@ -421,3 +421,30 @@ def test_one_daily_summary_per_day(tmp_path: Path) -> None:
         )
     finally:
         node.close()
+
+
+def test_a_folder_tier_that_vanished_is_unreachable_not_missing(tmp_path: Path) -> None:
+    """An unmounted disk answers "no such object" for every key: that is the tier, not
+    damage to each copy, so nothing is marked missing and nothing is repaired."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={
+            "hot": LocalTierConfig(path=tmp_path / "hot", role="hot"),
+            "cold": LocalTierConfig(path=tmp_path / "cold", role="cold"),
+        },
+        audit={"cold": AuditPolicy(level="stored")},
+    )
+    node = ArchiveNode.open(settings)
+    try:
+        _tree(tmp_path / "src")
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/gone"))
+        Worker(node, loops=["plan", "replicate"]).run_once()
+        (tmp_path / "cold").rename(tmp_path / "cold-unmounted")
+        (tmp_path / "cold").mkdir()
+        report = Auditor(node, owner="t").audit_pass(AuditOptions(tiers=["cold"], due_only=False))
+        assert report.damage_found == 0 and report.unreachable == 3
+        with node.session() as session:
+            states = {r.state for r in session.exec(select(models.Replica)).all()}
+        assert states == {ReplicaState.PRESENT}
+    finally:
+        node.close()
