@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     unset tiers follow :data:`DEFAULT_AUDIT` for their role."""
     audit_batch: int = Field(default=256, ge=1)
     """Copies one audit pass claims at most."""
+    audit_threads: int = Field(default=1, ge=1, le=64)
+    """Copies a worker audits at once. More use more cores (as ``b3sum`` and
+    ``zstd -d | b3sum`` do) at the expense of ingest; the per-tier byte rate still applies."""
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

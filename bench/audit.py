@@ -60,6 +60,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="where the data sets live (default WORK/data)")
     parser.add_argument("--gib", type=float, default=1.0, help="size of the LARGE set")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="audit_threads of the archive")
     parser.add_argument("--json", type=Path, help="write the figures here")
     return parser.parse_args(argv)
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=archive,
         tiers={"hot": LocalTierConfig(path=archive / "hot", role="hot", fsync=False)},
         audit_batch=10_000,
+        audit_threads=args.threads,
     )
     node = ArchiveNode.open(settings)
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -93,9 +94,10 @@ class Auditor:
         return self.node.settings.audit_policy(tier)
 
     def rate(self, tier: str) -> ByteRate:
-        if tier not in self._rates:
-            self._rates[tier] = ByteRate(self.policy(tier).bytes_per_second)
-        return self._rates[tier]
+        rate = self._rates.get(tier)
+        if rate is None:  # setdefault: two audit threads agree on one budget
+            rate = self._rates.setdefault(tier, ByteRate(self.policy(tier).bytes_per_second))
+        return rate
 
     # -- one pass ----------------------------------------------------------------------
     def audit_pass(self, options: AuditOptions | None = None) -> AuditReport:
@@ -169,20 +171,25 @@ class Auditor:
         *,
         sampled: bool,
     ) -> int:
-        done = 0
         pending = list(claims)
-        for i, claim in enumerate(pending):
-            if not self._usable(tier):
-                self._release(pending[i:], delay=0.0)
-                break
+
+        def audit_one(claim: AuditClaim) -> int:
+            if not self._usable(tier):  # the tier failed meanwhile: leave the rest for later
+                self._release([claim], delay=0.0)
+                return 0
             level = self._level(tier, claim, opts.level, sampled=sampled)
             target = self._target(claim)
             if target is None:  # the row vanished (e.g. the copy was dropped meanwhile)
-                continue
+                return 0
             result = self._check_twice(tier, target, level)
             self._record(tier, claim, target, result, report, sampled=sampled)
-            done += 1
-        return done
+            return 1
+
+        threads = min(self.node.settings.audit_threads, len(pending))
+        if threads <= 1:
+            return sum(audit_one(claim) for claim in pending)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit") as pool:
+            return sum(pool.map(audit_one, pending))
 
     def _check_twice(self, tier: str, target: Target, level: Level) -> CheckResult:
         """A failed check is repeated once with a fresh read before it counts."""

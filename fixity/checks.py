@@ -227,31 +227,33 @@ def _decoded(stored: BinaryIO, codec: str, limit: int) -> Iterator[bytes]:
             return
 
 
-PARALLEL_SHA256_FROM = 8 * 1024 * 1024
-"""Blobs from this size on have their SHA-256 computed in a second thread."""
+PARALLEL_FROM = 8 * 1024 * 1024
+"""Blobs from this size on have their content digests computed in a second thread."""
 
 
-class _Sha256:
-    """SHA-256 fed in order, in a second thread for large blobs: ``hashlib`` releases
-    the GIL, so it runs beside decompression and BLAKE3 (as ``zstd -d | b3sum`` runs
-    two processes), and it is the slowest of the three digests."""
+class _ContentDigests:
+    """BLAKE3 (optional) and SHA-256 of decoded content, fed in order; for large blobs
+    in a second thread, so they run beside decompression as ``zstd -d | b3sum`` runs
+    two processes (``blake3`` and ``hashlib`` release the GIL on large buffers)."""
 
-    def __init__(self, threaded: bool) -> None:
-        self._hasher = hashlib.sha256()
+    def __init__(self, *, b3: bool, threaded: bool) -> None:
+        self.b3 = blake3.blake3() if b3 else None
+        self.sha256 = hashlib.sha256()
         self._pool = ThreadPoolExecutor(max_workers=1) if threaded else None
         self._pending: deque[Future[None]] = deque()
 
+    def _feed(self, chunk: bytes) -> None:
+        if self.b3 is not None:
+            self.b3.update(chunk)
+        self.sha256.update(chunk)
+
     def update(self, chunk: bytes) -> None:
         if self._pool is None:
-            self._hasher.update(chunk)
+            self._feed(chunk)
             return
         while len(self._pending) >= 2:  # bounded: at most two chunks in flight
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._hasher.update, chunk))
-
-    def hexdigest(self) -> str:
-        self.close()
-        return self._hasher.hexdigest()
+        self._pending.append(self._pool.submit(self._feed, chunk))
 
     def close(self) -> None:
         while self._pending:
@@ -267,26 +269,22 @@ def prove_blob(
     """Decode one blob's stored bytes; ``None`` when size, BLAKE3 and SHA-256 hold,
     else what differs. The caller checks the stored digest of what it read (and, with
     ``content_b3=False`` for a raw blob, that it equals the address: same bytes)."""
-    # One thread each: decoding, BLAKE3 and the SHA-256 thread already fill two cores.
-    b3 = blake3.blake3() if content_b3 else None
-    sha256 = _Sha256(threaded=blob.size >= PARALLEL_SHA256_FROM)
+    digests = _ContentDigests(b3=content_b3, threaded=blob.size >= PARALLEL_FROM)
     size = 0
     try:
         for chunk in _decoded(cast(BinaryIO, stored), blob.codec, blob.size):
-            if b3 is not None:
-                b3.update(chunk)
-            sha256.update(chunk)
+            digests.update(chunk)
             size += len(chunk)
     except zstandard.ZstdError as exc:
         return f"zstd: frame does not decode ({exc})"
     finally:
-        sha256.close()
+        digests.close()
     if size != blob.size:
         return f"size: expected {blob.size}, found {size}"
-    if b3 is not None and b3.hexdigest() != blob.b3:
-        return f"blake3: expected {blob.b3}, found {b3.hexdigest()}"
-    if sha256.hexdigest() != blob.sha256:
-        return f"sha256: expected {blob.sha256}, found {sha256.hexdigest()}"
+    if digests.b3 is not None and digests.b3.hexdigest() != blob.b3:
+        return f"blake3: expected {blob.b3}, found {digests.b3.hexdigest()}"
+    if digests.sha256.hexdigest() != blob.sha256:
+        return f"sha256: expected {blob.sha256}, found {digests.sha256.hexdigest()}"
     return None
 
 

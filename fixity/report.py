@@ -7,6 +7,7 @@ by ``permafrost audit run``, stored as one summary event, and counted in metrics
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,11 +44,17 @@ class AuditReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     repairs: list[dict[str, Any]] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Copies may be audited in several threads (``audit_threads``)."""
 
     def _tally(self, tier: str) -> TierTally:
         return self.tiers.setdefault(tier, TierTally())
 
     def copy_checked(self, tier: str, target: Target, result: CheckResult) -> None:
+        with self._lock:
+            self._copy_checked(tier, target, result)
+
+    def _copy_checked(self, tier: str, target: Target, result: CheckResult) -> None:
         t = self._tally(tier)
         t.checked += 1
         t.bytes_read += result.bytes_read
@@ -73,13 +80,15 @@ class AuditReport:
             )
 
     def unreachable_copy(self, tier: str, detail: str, *, sampled: bool) -> None:
-        t = self._tally(tier)
-        t.unreachable += 1
-        if not t.skipped:
-            t.skipped = f"unreachable: {detail}"[:300]
+        with self._lock:
+            t = self._tally(tier)
+            t.unreachable += 1
+            if not t.skipped:
+                t.skipped = f"unreachable: {detail}"[:300]
 
     def sample_waiting(self, tier: str) -> None:
-        self._tally(tier).waiting_restore += 1
+        with self._lock:
+            self._tally(tier).waiting_restore += 1
 
     def tier_skipped(self, tier: str, why: str) -> None:
         self._tally(tier).skipped = why
