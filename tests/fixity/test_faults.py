@@ -37,7 +37,7 @@ STORED = {"hot": AuditPolicy(level="stored", deep_every=0), "cold": AuditPolicy(
 
 def build(make_node: NodeFactory, tmp_path: Path) -> tuple[ArchiveNode, dict[str, bytes]]:
     """Ingest a tree (two large loose blobs, small ones packed) and copy it to cold."""
-    node = make_node(audit=STORED)
+    node = make_node(audit=STORED, audit_threads=2)  # two copies at once, as a worker may
     rng = random.Random(7)
     files = {f"small/{i:02}.txt": f"row {i} {rng.random()}\n".encode() * 30 for i in range(12)}
     files["big/a.bin"] = rng.randbytes(2 * MiB)
