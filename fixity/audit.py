@@ -28,14 +28,13 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
 from archive.config import AuditPolicy
 from archive.node import ArchiveNode
-from fixity.checks import CheckResult, Finding, Level, Member, Target, check
+from fixity.checks import CheckResult, Finding, Level, Member, Target, check, event_detail
+from fixity.manifests import audit_manifests
 from fixity.ratelimit import ByteRate
 from fixity.report import AuditReport, record_daily_summary
 from fixity.schedule import (
     AuditClaim,
-    ManifestClaim,
     claim_due,
-    claim_manifests,
     claim_sample,
     next_after_audit,
     schedule_new,
@@ -80,8 +79,8 @@ class Auditor:
         self.node = node
         self.owner = owner
         self.rng = rng or random.Random()
-        self._usable = usable or (lambda _tier: True)
-        self._back_off = back_off or (
+        self.usable = usable or (lambda _tier: True)
+        self.back_off = back_off or (
             lambda _tier, failures: min(
                 node.settings.retry_max_seconds,
                 node.settings.retry_base_seconds * 2 ** min(failures, 20),
@@ -112,7 +111,7 @@ class Auditor:
         for tier in wanted:
             if left is not None and left <= 0:
                 break
-            if not self._usable(tier):
+            if not self.usable(tier):
                 report.tier_skipped(tier, "backing off after the tier was unreachable")
                 continue
             limit = self.node.settings.audit_batch if left is None else left
@@ -129,10 +128,10 @@ class Auditor:
             done = self._audit_claims(tier, claims, opts, report, sampled=False)
             if left is not None:
                 left -= done
-            if opts.samples and self._samples_due(tier) and self._usable(tier):
+            if opts.samples and self._samples_due(tier) and self.usable(tier):
                 self._audit_samples(tier, ids[tier], opts, report)
         if opts.manifests and self.node.settings.hot_tier in wanted:
-            self._audit_manifests(opts, report)
+            audit_manifests(self, opts, report)
         report.finished_at = utcnow()
         with self.node.session() as session:
             if report.checked or report.unreachable:
@@ -174,14 +173,14 @@ class Auditor:
         pending = list(claims)
 
         def audit_one(claim: AuditClaim) -> int:
-            if not self._usable(tier):  # the tier failed meanwhile: leave the rest for later
+            if not self.usable(tier):  # the tier failed meanwhile: leave the rest for later
                 self._release([claim], delay=0.0)
                 return 0
             level = self._level(tier, claim, opts.level, sampled=sampled)
             target = self._target(claim)
             if target is None:  # the row vanished (e.g. the copy was dropped meanwhile)
                 return 0
-            result = self._check_twice(tier, target, level)
+            result = self.check_twice(tier, target, level)
             self._record(tier, claim, target, result, report, sampled=sampled)
             return 1
 
@@ -191,7 +190,7 @@ class Auditor:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit") as pool:
             return sum(pool.map(audit_one, pending))
 
-    def _check_twice(self, tier: str, target: Target, level: Level) -> CheckResult:
+    def check_twice(self, tier: str, target: Target, level: Level) -> CheckResult:
         """A failed check is repeated once with a fresh read before it counts."""
         first = check(self.node.tiers[tier], target, level, rate=self.rate(tier))
         if not first.is_damage:
@@ -282,7 +281,7 @@ class Auditor:
         mine = sa.and_(col(R.id) == claim.replica_id, col(R.lease_owner) == self.owner)
         interval = dt.timedelta(seconds=self.policy(tier).interval_seconds)
         if result.finding in (Finding.UNREACHABLE, Finding.NEEDS_RESTORE):
-            delay = self._back_off(tier, claim.failures + 1)
+            delay = self.back_off(tier, claim.failures + 1)
             report.unreachable_copy(tier, result.detail, sampled=sampled)
             with self.node.session() as session:
                 values: dict[str, object] = {
@@ -340,7 +339,7 @@ class Auditor:
                     object_id=target.object_id,
                     tier=tier,
                     outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                    detail=_detail(target, result, sampled=sampled),
+                    detail=event_detail(target, result, sampled=sampled),
                     agent=AGENT,
                     created_at=now,
                 )
@@ -410,104 +409,10 @@ class Auditor:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
-    # -- manifests -----------------------------------------------------------------------
-    def _audit_manifests(self, opts: AuditOptions, report: AuditReport) -> None:
-        tier = self.node.settings.hot_tier
-        if not self._usable(tier):
-            return
-        with self.node.session() as session:
-            claims = claim_manifests(
-                session=session,
-                limit=self.node.settings.audit_batch,
-                now=utcnow(),
-                lease=self.lease,
-                due=opts.due_only,
-            )
-        interval = dt.timedelta(seconds=self.policy(tier).interval_seconds)
-        for claim in claims:
-            target = Target("manifest", str(claim.version_id), claim.key, None, claim.manifest_b3)
-            level = Level.STORED if opts.level in (None, Level.LIGHT) else opts.level
-            result = self._check_twice(tier, target, level)
-            self._record_manifest(tier, claim, target, result, report, interval)
-
-    def _record_manifest(
-        self,
-        tier: str,
-        claim: ManifestClaim,
-        target: Target,
-        result: CheckResult,
-        report: AuditReport,
-        interval: dt.timedelta,
-    ) -> None:
-        now = utcnow()
-        V = models.Version
-        mine = sa.and_(
-            col(V.id) == claim.version_id, col(V.manifest_next_audit_at) == claim.lease_until
-        )
-        if result.finding in (Finding.UNREACHABLE, Finding.NEEDS_RESTORE):
-            report.unreachable_copy(tier, result.detail, sampled=False)
-            delay = self._back_off(tier, 1)
-            with self.node.session() as session:
-                session.execute(
-                    sa.update(V)
-                    .where(mine)
-                    .values(manifest_next_audit_at=now + dt.timedelta(seconds=delay))
-                )
-            return
-        with self.node.session() as session:
-            if result.ok:
-                values: dict[str, object] = {
-                    "manifest_verified_at": now,
-                    "manifest_next_audit_at": next_after_audit(now, interval, self.rng),
-                }
-            else:
-                state = (
-                    ReplicaState.MISSING
-                    if result.finding == Finding.MISSING
-                    else ReplicaState.DAMAGED
-                )
-                values = {"manifest_state": state, "manifest_next_audit_at": None}
-            changed = session.execute(sa.update(V).where(mine).values(**values))
-            if changed.rowcount == 0:  # type: ignore[attr-defined]
-                return
-            version = session.get(V, claim.version_id)
-            assert version is not None
-            session.add(
-                models.Event(
-                    type=EventType.FIXITY_CHECK,
-                    object_type="manifest",
-                    object_id=version_object_id(version, session=session),
-                    tier=tier,
-                    outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                    detail=_detail(target, result, sampled=False),
-                    agent=AGENT,
-                    created_at=now,
-                )
-            )
-        report.copy_checked(tier, target, result)
-
 
 def _has_bulk(tier: object) -> bool:
     options = getattr(tier, "retrieval_options", None)
     return bool(options and any(o.speed == "bulk" for o in options()))
-
-
-def _detail(target: Target, result: CheckResult, *, sampled: bool) -> dict[str, object]:
-    detail: dict[str, object] = {
-        "key": target.key,
-        "level": result.level,
-        "finding": result.finding,
-        "bytes_read": result.bytes_read,
-    }
-    if result.detail:
-        detail["error" if not result.ok else "note"] = result.detail
-    if result.bad_members:
-        detail["damaged_members"] = list(result.bad_members)
-    if sampled:
-        detail["sampled"] = True
-    if target.kind == "blob":
-        detail["stored_b3"] = target.stored_b3
-    return detail
 
 
 def pack_target(
@@ -531,10 +436,3 @@ def pack_target(
         members=members,
         provider_checksum=provider_checksum,
     )
-
-
-def version_object_id(version: models.Version, *, session: Session) -> str:
-    """``<dataset pid>@v<N>``: how ingest events name a version."""
-    dataset = session.get(models.Dataset, version.dataset_id)
-    assert dataset is not None
-    return f"{dataset.pid}@v{version.number}"

@@ -336,3 +336,21 @@ def _prove_pack(raw: BinaryIO, target: Target, level: Level, rate: ByteRate) -> 
     if problem is not None and bad:
         problem += f"; damaged members: {', '.join(sorted(bad)[:10])}"
     return _result(problem, level, position, tuple(sorted(bad)))
+
+
+def event_detail(target: Target, result: CheckResult, *, sampled: bool) -> dict[str, object]:
+    detail: dict[str, object] = {
+        "key": target.key,
+        "level": result.level,
+        "finding": result.finding,
+        "bytes_read": result.bytes_read,
+    }
+    if result.detail:
+        detail["error" if not result.ok else "note"] = result.detail
+    if result.bad_members:
+        detail["damaged_members"] = list(result.bad_members)
+    if sampled:
+        detail["sampled"] = True
+    if target.kind == "blob":
+        detail["stored_b3"] = target.stored_b3
+    return detail

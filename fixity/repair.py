@@ -24,74 +24,35 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import col
 
 from archive.catalog import models
-from archive.catalog.bulk import insert_ignore
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
-from archive.datasets import dataset_document
-from archive.manifest import ManifestEntry, render
 from archive.node import ArchiveNode
-from archive.packs import TAR_END, blob_key, pack_key, tar_member
+from archive.packs import pack_key
 from archive.retrieval import Location, locate, read_stored
 from fixity.audit import AGENT as AUDIT_AGENT
-from fixity.audit import pack_target
 from fixity.checks import CheckResult, Finding, Level, Member, Target, check, member_problem
-from tiers import ColdTier, ObjectExists, ObjectNotFound, Tier, TierError
+from fixity.errors import NoGoodSource
+from fixity.manifests import repair_manifests
+from fixity.rebuild import repair_pack
+from fixity.report import RepairOutcome
+from fixity.schedule import RepairClaim
+from tiers import ColdTier, ObjectNotFound, Tier, TierError
 
 AGENT = "permafrost/repair"
 LOST_RETRY = dt.timedelta(days=1)
 """How soon a copy with no good source is tried again (a copy may come back)."""
 
 
-@dataclass
-class RepairOutcome:
-    tier: str
-    object_type: str
-    object_id: str
-    result: str
-    """``repaired``, ``lost``, ``waiting`` (sources unreachable or being restored)."""
-    detail: str = ""
-    lost_blobs: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "tier": self.tier,
-            "object_type": self.object_type,
-            "object_id": self.object_id,
-            "result": self.result,
-            "detail": self.detail,
-            **({"lost_blobs": self.lost_blobs} if self.lost_blobs else {}),
-        }
-
-
-@dataclass(frozen=True)
-class RepairClaim:
-    replica_id: int
-    tier_id: int
-    blob_b3: str | None
-    pack_id: str | None
-    key: str
-    state: str
-    failures: int
-
-
 def retry_delay(node: ArchiveNode, failures: int) -> float:
     """The configured exponential backoff (without the worker's jitter)."""
     s = node.settings
     return float(min(s.retry_max_seconds, s.retry_base_seconds * 2 ** min(failures, 20)))
-
-
-class _NoGoodSource(Exception):
-    def __init__(self, waiting: bool, why: str) -> None:
-        super().__init__(why)
-        self.waiting = waiting
 
 
 class Repairer:
@@ -105,8 +66,8 @@ class Repairer:
     ) -> None:
         self.node = node
         self.owner = owner
-        self._usable = usable or (lambda _tier: True)
-        self._back_off = back_off or (lambda _tier, failures: retry_delay(node, failures))
+        self.usable = usable or (lambda _tier: True)
+        self.back_off = back_off or (lambda _tier, failures: retry_delay(node, failures))
         self.lease = dt.timedelta(seconds=node.settings.lease_seconds)
 
     # -- claiming ----------------------------------------------------------------------
@@ -115,7 +76,7 @@ class Repairer:
         now = utcnow()
         with self.node.session() as session:
             names = {tid: n for n, tid in self.node.tier_ids(session=session).items()}
-            usable = [tid for tid, n in names.items() if n in self.node.tiers and self._usable(n)]
+            usable = [tid for tid, n in names.items() if n in self.node.tiers and self.usable(n)]
             if not usable:
                 return []
             free = sa.or_(col(R.lease_expires_at).is_(None), col(R.lease_expires_at) <= now)
@@ -167,9 +128,9 @@ class Repairer:
             if claim.blob_b3 is not None:
                 outcome = self._repair_loose(tier, claim, state)
             else:
-                outcome = self._repair_pack(tier, claim, state)
+                outcome = repair_pack(self, tier, claim, state)
             outcomes.append(outcome)
-        outcomes += self._repair_manifests(limit or self.node.settings.audit_batch)
+        outcomes += repair_manifests(self, limit or self.node.settings.audit_batch)
         return outcomes
 
     # -- loose blobs -------------------------------------------------------------------
@@ -182,9 +143,9 @@ class Repairer:
             sources = [loc for loc in locate(blob.b3, session=session) if loc.tier != tier_name]
         target = Target("blob", blob.b3, claim.key, blob.stored_size, blob.stored_b3, blob=blob)
         try:
-            source = self._good_source(blob, sources)
-        except _NoGoodSource as exc:
-            return self._unrepaired(tier_name, claim, state, "blob", blob.b3, exc)
+            source = self.good_source(blob, sources)
+        except NoGoodSource as exc:
+            return self.unrepaired(tier_name, claim, state, "blob", blob.b3, exc)
         try:
             with contextlib.suppress(ObjectNotFound):
                 target_tier.delete(claim.key)
@@ -194,10 +155,10 @@ class Repairer:
                     upload.write(chunk)
                 upload.promote(claim.key, expect_b3=blob.stored_b3)
         except (TierError, OSError) as exc:
-            return self._unrepaired(
-                tier_name, claim, state, "blob", blob.b3, _NoGoodSource(True, f"copy failed: {exc}")
+            return self.unrepaired(
+                tier_name, claim, state, "blob", blob.b3, NoGoodSource(True, f"copy failed: {exc}")
             )
-        self._event(
+        self.event(
             EventType.REPLICATION,
             "blob",
             blob.b3,
@@ -205,20 +166,20 @@ class Repairer:
             True,
             {"from": source.tier, "key": claim.key, "purpose": "repair"},
         )
-        result = self._verify_result(target_tier, target)
-        return self._finish(tier_name, claim, state, target, result, source.tier)
+        result = self.verify_result(target_tier, target)
+        return self.finish(tier_name, claim, state, target, result, source.tier)
 
-    def _good_source(self, blob: models.Blob, sources: list[Location]) -> Location:
+    def good_source(self, blob: models.Blob, sources: list[Location]) -> Location:
         """The first source that passes a fresh audit now.
 
         Raises:
-            _NoGoodSource: none did; ``waiting`` when some could not be read now
+            NoGoodSource: none did; ``waiting`` when some could not be read now
                 (unreachable, or cold and being restored), so the blob is not lost.
         """
         waiting: list[str] = []
         for loc in sources:
             tier = self.node.tiers.get(loc.tier)
-            if tier is None or not self._usable(loc.tier):
+            if tier is None or not self.usable(loc.tier):
                 waiting.append(f"{loc.tier}: not usable now")
                 continue
             if loc.pack_id is None:
@@ -228,7 +189,7 @@ class Repairer:
                 result = check(tier, target, Level.DEEP)
                 if result.is_damage:
                     result = check(tier, target, Level.DEEP)  # a fresh read before blaming it
-                self._event(
+                self.event(
                     EventType.FIXITY_CHECK,
                     "blob",
                     blob.b3,
@@ -245,7 +206,7 @@ class Repairer:
                     return loc
                 if result.finding == Finding.NEEDS_RESTORE and self._ask_restore(tier, loc.key):
                     result = check(tier, target, Level.DEEP)  # restored at once (local cold)
-                    self._event(
+                    self.event(
                         EventType.FIXITY_CHECK,
                         "blob",
                         blob.b3,
@@ -278,7 +239,7 @@ class Repairer:
                         continue
                 member = Member(blob, loc.offset, loc.length or 0)
                 problem = member_problem(stored, member, deep=True)
-                self._event(
+                self.event(
                     EventType.FIXITY_CHECK,
                     "blob",
                     blob.b3,
@@ -296,8 +257,8 @@ class Repairer:
                     return loc
                 self._mark_source(loc, CheckResult(Finding.DAMAGED, Level.DEEP, detail=problem))
         if waiting:
-            raise _NoGoodSource(True, "; ".join(waiting))
-        raise _NoGoodSource(False, "no other copy passes an audit")
+            raise NoGoodSource(True, "; ".join(waiting))
+        raise NoGoodSource(False, "no other copy passes an audit")
 
     def _ask_restore(self, tier: Tier, key: str) -> bool:
         """Ask a cold tier to restore ``key``; whether it is readable right away."""
@@ -327,10 +288,10 @@ class Repairer:
                 )
             )
 
-    def _verify_result(self, tier: Tier, target: Target) -> CheckResult:
+    def verify_result(self, tier: Tier, target: Target) -> CheckResult:
         level = Level.LIGHT if tier.capabilities.needs_restore else Level.DEEP
         result = check(tier, target, level)
-        self._event(
+        self.event(
             EventType.FIXITY_CHECK,
             target.kind,
             target.object_id,
@@ -345,7 +306,7 @@ class Repairer:
         )
         return result
 
-    def _finish(
+    def finish(
         self,
         tier: str,
         claim: RepairClaim,
@@ -358,13 +319,13 @@ class Repairer:
         R = models.Replica
         mine = sa.and_(col(R.id) == claim.replica_id, col(R.lease_owner) == self.owner)
         if not result.ok:
-            return self._unrepaired(
+            return self.unrepaired(
                 tier,
                 claim,
                 state,
                 target.kind,
                 target.object_id,
-                _NoGoodSource(True, f"the repaired copy failed its audit: {result.detail}"),
+                NoGoodSource(True, f"the repaired copy failed its audit: {result.detail}"),
             )
         with self.node.session() as session:
             session.execute(
@@ -384,7 +345,7 @@ class Repairer:
                 )
             )
             session.add(
-                self._event_row(
+                self.event_row(
                     EventType.REPAIR,
                     target.kind,
                     target.object_id,
@@ -395,20 +356,20 @@ class Repairer:
             )
         return RepairOutcome(tier, target.kind, target.object_id, "repaired", f"from {source}")
 
-    def _unrepaired(
+    def unrepaired(
         self,
         tier: str,
         claim: RepairClaim,
         state: str,
         object_type: str,
         object_id: str,
-        why: _NoGoodSource,
+        why: NoGoodSource,
         lost_blobs: list[str] | None = None,
     ) -> RepairOutcome:
         now = utcnow()
         R = models.Replica
         retry = (
-            dt.timedelta(seconds=self._back_off(tier, claim.failures + 1))
+            dt.timedelta(seconds=self.back_off(tier, claim.failures + 1))
             if why.waiting
             else LOST_RETRY
         )
@@ -429,7 +390,7 @@ class Repairer:
             if lost:
                 detail |= {"lost": True, "lost_blobs": lost}
             session.add(
-                self._event_row(
+                self.event_row(
                     EventType.REPAIR,
                     object_type,
                     object_id,
@@ -443,7 +404,7 @@ class Repairer:
                 if b3 == object_id and object_type == "blob":
                     continue
                 session.add(
-                    self._event_row(
+                    self.event_row(
                         EventType.REPAIR,
                         "blob",
                         b3,
@@ -455,227 +416,8 @@ class Repairer:
         result = "waiting" if why.waiting and not lost else "lost"
         return RepairOutcome(tier, object_type, object_id, result, str(why), lost)
 
-    # -- packs -------------------------------------------------------------------------
-    def _repair_pack(self, tier_name: str, claim: RepairClaim, state: str) -> RepairOutcome:
-        assert claim.pack_id is not None
-        tier = self.node.tiers[tier_name]
-        with self.node.session() as session:
-            target = pack_target(claim.pack_id, claim.key, None, session=session)
-            assert target is not None
-            others = {
-                m.blob.b3: [
-                    loc
-                    for loc in locate(m.blob.b3, session=session)
-                    if not (loc.tier == tier_name and loc.pack_id == claim.pack_id)
-                ]
-                for m in target.members
-            }
-        members = sorted(target.members, key=lambda m: m.offset)
-        good: dict[str, bytes] = {}
-        waiting: list[str] = []
-        for m in members:
-            own = self._member_from(tier, claim.key, m)
-            if own is not None:
-                good[m.blob.b3] = own
-                continue
-            try:
-                loc = self._good_source(m.blob, others[m.blob.b3])
-            except _NoGoodSource as exc:
-                if exc.waiting:
-                    waiting.append(f"{m.blob.b3}: {exc}")
-                continue
-            good[m.blob.b3] = b"".join(read_stored(self.node.tiers[loc.tier], loc))
-        if waiting:
-            return self._unrepaired(
-                tier_name,
-                claim,
-                state,
-                "pack",
-                claim.pack_id,
-                _NoGoodSource(True, "; ".join(waiting[:5])),
-            )
-        lost = [m.blob.b3 for m in members if m.blob.b3 not in good]
-        if lost:
-            salvaged = self._salvage(tier_name, members, good)
-            why = _NoGoodSource(
-                False,
-                f"{len(lost)} member(s) have no good copy; {salvaged} salvaged as loose copies",
-            )
-            return self._unrepaired(tier_name, claim, state, "pack", claim.pack_id, why, lost)
-        try:
-            with tier.begin_put() as upload:
-                for m in members:
-                    upload.write(tar_member(m.blob.b3, good[m.blob.b3]))
-                upload.write(TAR_END)
-                if upload.b3 != claim.pack_id:
-                    raise TierError(f"rebuilt pack hashes to {upload.b3}", tier=tier_name)
-                with contextlib.suppress(ObjectNotFound):
-                    tier.delete(claim.key)
-                upload.promote(claim.key, expect_b3=claim.pack_id)
-        except (TierError, OSError) as exc:
-            return self._unrepaired(
-                tier_name,
-                claim,
-                state,
-                "pack",
-                claim.pack_id,
-                _NoGoodSource(True, f"rebuild failed: {exc}"),
-            )
-        self._event(
-            EventType.REPLICATION,
-            "pack",
-            claim.pack_id,
-            tier_name,
-            True,
-            {"key": claim.key, "purpose": "repair", "rebuilt_from_members": len(members)},
-        )
-        result = self._verify_result(tier, target)
-        return self._finish(tier_name, claim, state, target, result, "member copies")
-
-    def _member_from(self, tier: Tier, key: str, member: Member) -> bytes | None:
-        """A member's stored bytes from the damaged pack itself, if they still prove good."""
-        try:
-            with tier.open(key, offset=member.offset, length=member.length) as stream:
-                stored = stream.read()
-        except TierError:
-            return None
-        return stored if member_problem(stored, member, deep=True) is None else None
-
-    def _salvage(self, tier_name: str, members: list[Member], good: dict[str, bytes]) -> int:
-        """Write the good members of an unrebuildable pack as loose copies on its tier."""
-        tier = self.node.tiers[tier_name]
-        rows: list[dict[str, Any]] = []
-        now = utcnow()
-        for m in members:
-            if m.blob.b3 not in good:
-                continue
-            key = blob_key(m.blob.b3)
-            try:
-                tier.put(key, io.BytesIO(good[m.blob.b3]), expect_b3=m.blob.stored_b3)
-            except ObjectExists:
-                pass
-            except TierError:
-                continue
-            rows.append(
-                {
-                    "blob_b3": m.blob.b3,
-                    "pack_id": None,
-                    "key": key,
-                    "state": ReplicaState.PRESENT,
-                    "last_verified_at": now,
-                    "last_read_at": now,
-                    "failures": 0,
-                    "audit_count": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        with self.node.session() as session:
-            tier_id = self.node.tier_ids(session=session)[tier_name]
-            insert_ignore(session, models.Replica, [{**r, "tier_id": tier_id} for r in rows])
-        return len(rows)
-
-    # -- manifests ---------------------------------------------------------------------
-    def _repair_manifests(self, limit: int) -> list[RepairOutcome]:
-        V = models.Version
-        now = utcnow()
-        tier_name = self.node.settings.hot_tier
-        if not self._usable(tier_name):
-            return []
-        with self.node.session() as session:
-            stmt = (
-                sa.select(col(V.id), col(V.manifest_state))
-                .where(
-                    sa.or_(
-                        col(V.manifest_state).in_([ReplicaState.DAMAGED, ReplicaState.MISSING]),
-                        sa.and_(
-                            col(V.manifest_state) == ReplicaState.REPAIRING,
-                            col(V.manifest_next_audit_at) <= now,
-                        ),
-                    )
-                )
-                .limit(limit)
-            )
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = session.execute(stmt).all()
-            until = now + self.lease
-            if rows:
-                session.execute(
-                    sa.update(V)
-                    .where(col(V.id).in_([r[0] for r in rows]))
-                    .values(manifest_state=ReplicaState.REPAIRING, manifest_next_audit_at=until)
-                )
-        return [self._repair_manifest(tier_name, vid, st, until) for vid, st in rows]
-
-    def _repair_manifest(
-        self, tier_name: str, version_id: int, state: str, until: dt.datetime
-    ) -> RepairOutcome:
-        """Re-render the manifest from the catalog; it is written back only if its
-        BLAKE3 is the one recorded at ingest (manifests are canonical JSON)."""
-        tier = self.node.tiers[tier_name]
-        if state == ReplicaState.REPAIRING:
-            state = ReplicaState.DAMAGED
-        V = models.Version
-        with self.node.session() as session:
-            version = session.get(V, version_id)
-            assert version is not None
-            object_id, pieces = _manifest_pieces(version, session=session)
-        upload = tier.begin_put()
-        ok = False
-        detail = ""
-        try:
-            with upload:
-                for piece in pieces:
-                    upload.write(piece)
-                if upload.b3 != version.manifest_b3:
-                    detail = (
-                        f"re-rendered manifest hashes to {upload.b3}, not {version.manifest_b3} "
-                        "(the dataset's metadata changed since)"
-                    )
-                else:
-                    with contextlib.suppress(ObjectNotFound):
-                        tier.delete(version.manifest_key)
-                    upload.promote(version.manifest_key, expect_b3=version.manifest_b3)
-                    ok = True
-        except TierError as exc:
-            detail = f"rewrite failed: {exc}"
-        target = Target("manifest", object_id, version.manifest_key, None, version.manifest_b3)
-        result = self._verify_result(tier, target) if ok else None
-        now = utcnow()
-        repaired = result is not None and result.ok
-        with self.node.session() as session:
-            mine = sa.and_(col(V.id) == version_id, col(V.manifest_next_audit_at) == until)
-            values: dict[str, Any] = (
-                {
-                    "manifest_state": ReplicaState.PRESENT,
-                    "manifest_verified_at": now,
-                    "manifest_next_audit_at": None,
-                }
-                if repaired
-                else {"manifest_state": state, "manifest_next_audit_at": None}
-            )
-            session.execute(sa.update(V).where(mine).values(**values))
-            session.add(
-                self._event_row(
-                    EventType.REPAIR,
-                    "manifest",
-                    object_id,
-                    tier_name,
-                    repaired,
-                    {
-                        "key": version.manifest_key,
-                        "source": "re-rendered from the catalog",
-                        **({"reason": detail} if detail else {}),
-                    },
-                )
-            )
-        return RepairOutcome(
-            tier_name, "manifest", object_id, "repaired" if repaired else "lost", detail
-        )
-
     # -- events ------------------------------------------------------------------------
-    def _event_row(
+    def event_row(
         self,
         event_type: EventType,
         object_type: str,
@@ -697,7 +439,7 @@ class Repairer:
             created_at=utcnow(),
         )
 
-    def _event(
+    def event(
         self,
         event_type: EventType,
         object_type: str,
@@ -707,28 +449,4 @@ class Repairer:
         detail: dict[str, Any],
     ) -> None:
         with self.node.session() as session:
-            session.add(self._event_row(event_type, object_type, object_id, tier, ok, detail))
-
-
-def _manifest_pieces(version: models.Version, *, session: Session) -> tuple[str, list[bytes]]:
-    dataset = session.get(models.Dataset, version.dataset_id)
-    assert dataset is not None
-    collection = session.get(models.Collection, dataset.collection_id)
-    assert collection is not None
-    rows = session.exec(
-        select(models.Entry.path, models.Blob.b3, models.Blob.sha256, models.Blob.size)
-        .join(models.Blob, col(models.Blob.b3) == col(models.Entry.blob_b3))
-        .where(models.Entry.version_id == version.id)
-    ).all()
-    entries = sorted((ManifestEntry(p, b, s, n) for p, b, s, n in rows), key=lambda e: e.path)
-    pieces = list(
-        render(
-            dataset=dataset_document(collection.name, dataset),
-            number=version.number,
-            created=version.created_at,
-            message=version.message,
-            previous_b3=version.previous_b3,
-            entries=entries,
-        )
-    )
-    return f"{dataset.pid}@v{version.number}", pieces
+            session.add(self.event_row(event_type, object_type, object_id, tier, ok, detail))

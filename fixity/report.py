@@ -151,6 +151,27 @@ class AuditReport:
         )
 
 
+@dataclass
+class RepairOutcome:
+    tier: str
+    object_type: str
+    object_id: str
+    result: str
+    """``repaired``, ``lost``, ``waiting`` (sources unreachable or being restored)."""
+    detail: str = ""
+    lost_blobs: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "object_type": self.object_type,
+            "object_id": self.object_id,
+            "result": self.result,
+            "detail": self.detail,
+            **({"lost_blobs": self.lost_blobs} if self.lost_blobs else {}),
+        }
+
+
 def day_object_id(day: dt.date) -> str:
     return f"day:{day.isoformat()}"
 

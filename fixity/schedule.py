@@ -273,3 +273,14 @@ def claim_manifests(
             .values(manifest_next_audit_at=until)
         )
     return rows
+
+
+@dataclass(frozen=True)
+class RepairClaim:
+    replica_id: int
+    tier_id: int
+    blob_b3: str | None
+    pack_id: str | None
+    key: str
+    state: str
+    failures: int
