@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -445,6 +446,17 @@ def _size(n: int) -> str:
 from archive import cli_catalog, cli_transfer  # noqa: E402, F401
 
 cli_transfer.register(app, lambda: state.settings)
+
+
+def _register_plugins() -> None:
+    """Commands of higher layers (``fixity``: ``audit``, ``events``), registered through
+    the ``permafrost.cli`` entry point group: each names ``register(app, settings)``.
+    Loaded by name so this module never imports them (dependencies point down)."""
+    for point in entry_points(group="permafrost.cli"):
+        point.load()(app, lambda: state.settings)
+
+
+_register_plugins()
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from archive.policy import ReplicationPolicy, parse_policy
 from archive.replication import drop_copies, extra_copies, plan, targets_of
 from archive.restore import latest_ready_at, plan_restore, request_restore
 from archive.status import archive_status
-from archive.worker import LOOPS, Worker
+from archive.worker import Worker
 
 policy_app = typer.Typer(help="Replication policies of collections.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -26,13 +26,15 @@ app.add_typer(policy_app, name="policy")
 def worker(
     once: Annotated[bool, typer.Option("--once", help="One pass of each loop, then exit.")] = False,
     loops: Annotated[
-        str, typer.Option(help=f"Comma-separated loops to run ({','.join(LOOPS)}).")
-    ] = ",".join(LOOPS),
+        str | None,
+        typer.Option(help="Comma-separated loops to run (default: all, built-in and plugged in)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Claim and do the archive's work (copies, restores) until SIGTERM, or once."""
     with _node() as node:
-        w = Worker(node, loops=[x.strip() for x in loops.split(",") if x.strip()])
+        chosen = [x.strip() for x in loops.split(",") if x.strip()] if loops else None
+        w = Worker(node, loops=chosen)
         signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
         signal.signal(signal.SIGINT, lambda *_: w.stop.set())
         if not once:
@@ -46,11 +48,15 @@ def worker(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Copies by tier and state, the work queue, and which datasets are preserved."""
+    """Copies by tier and state, the work queue, which datasets are preserved, and
+    which blobs are lost (exit 1 when any is: no good copy of it is left)."""
     with _node() as node, node.session() as session:
         data = archive_status(node, session=session)
+    lost = data["integrity"]["lost"]
     if as_json:
         _emit(data)
+        if lost:
+            raise typer.Exit(1)
         return
     for tier, states in data["replicas"].items():
         out.print(f"{tier:>12}: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
@@ -63,6 +69,19 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"datasets preserved: {d['preserved']}/{d['total']}")
     for item in d["items"]:
         out.print(f"  {item['dataset']}@v{item['version']}: {item['summary']}", markup=False)
+    integrity = data["integrity"]
+    if integrity["degraded"]:
+        out.print(
+            f"[yellow]{integrity['degraded']} blob(s) have a damaged copy (repair pending)[/]"
+        )
+    if integrity["manifests_damaged"]:
+        out.print(f"[yellow]{integrity['manifests_damaged']} manifest(s) damaged[/]")
+    if lost:
+        out.print(f"[red bold]LOST: {len(lost)} blob(s) have no good copy[/]")
+        for item in lost:
+            out.print(f"  blob {item['b3']}: in {', '.join(item['versions'])}", markup=False)
+        out.print("versions at risk: " + ", ".join(integrity["versions_at_risk"]), markup=False)
+        raise typer.Exit(1)
 
 
 @policy_app.command("show")

@@ -29,6 +29,7 @@ from rich.progress import (
 from archive.config import Settings
 from archive.datasets import DatasetRef, parse_ref
 from archive.node import ArchiveNode
+from archive.premis import write_premis
 from archive.safe_extract import ExtractLimits
 
 console = Console(stderr=True)
@@ -206,16 +207,33 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     @app.command("export")
     def export_command(
         ref: Annotated[str, typer.Argument(help="COLLECTION/DATASET[@vN]")],
-        bag: Annotated[Path, typer.Option("--bag", help="Where to write the bag.")],
+        bag: Annotated[Path | None, typer.Option("--bag", help="Where to write the bag.")] = None,
+        premis: Annotated[
+            Path | None,
+            typer.Option("--premis", help="Write the dataset's PREMIS 3 XML here."),
+        ] = None,
         as_zip: Annotated[bool, typer.Option("--zip", help="Write one zip file.")] = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Export a version as a BagIt 1.0 bag (RFC 8493) with SHA-256 and SHA-512 manifests."""
+        """Export a version as a BagIt 1.0 bag (RFC 8493) with SHA-256 and SHA-512 manifests,
+        and/or the dataset's preservation metadata as a PREMIS 3 XML document."""
         from archive.bag_export import export_bag
 
         target = parse_ref(ref)
+        if bag is None and premis is None:
+            raise typer.BadParameter("give --bag, --premis, or both")
         node = ArchiveNode.open(settings())
         try:
+            if premis is not None:
+                with node.session() as session:
+                    count = write_premis(target, premis, session=session)
+                if bag is None:
+                    if as_json:
+                        _emit({"premis": str(premis), "events": count})
+                    else:
+                        out.print(f"{target} PREMIS 3 metadata written to {premis}: {count} events")
+                    return
+            assert bag is not None
             with _progress() as progress:
                 task = progress.add_task("export", total=None, files="")
                 report = export_bag(

@@ -101,6 +101,44 @@ class S3TierConfig(_TierBase):
     """Retrieval price per GiB and speed; unset speeds keep AWS us-east-1 list prices."""
 
 
+AuditLevel = Literal["light", "stored", "deep"]
+DAY = 86_400.0
+
+
+class AuditPolicy(BaseModel):
+    """How often a tier's copies are re-verified and how deeply (fixity audits, issue 4).
+
+    Levels: ``light`` checks existence, size and the provider's own checksum without
+    reading bytes; ``stored`` reads the stored bytes (BLAKE3 against ``stored_b3``);
+    ``deep`` also decodes them (BLAKE3 against the address, SHA-256). On tiers that need
+    a restore to read (cold), scheduled audits are light and a random sample of copies
+    is read within ``restore_budget_bytes`` per ``interval_days``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_days: float = Field(default=90.0, gt=0)
+    """Every copy is audited at least once in this many days."""
+    level: AuditLevel = "stored"
+    deep_every: int = Field(default=4, ge=0)
+    """Every Nth audit of a copy is deep instead of ``level`` (0: never)."""
+    bytes_per_second: float = Field(default=0.0, ge=0)
+    """Read rate limit of audits on this tier, per worker (0: unlimited)."""
+    restore_budget_bytes: int = Field(default=0, ge=0)
+    """Cold tiers: bytes that sampled stored/deep audits may restore per interval."""
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.interval_days * DAY
+
+
+DEFAULT_AUDIT: dict[str, AuditPolicy] = {
+    "hot": AuditPolicy(interval_days=90, level="stored", deep_every=4),
+    "cold": AuditPolicy(interval_days=180, level="light", deep_every=0),
+    "partner": AuditPolicy(interval_days=180, level="stored", deep_every=0),
+}
+
+
 TierConfig = Annotated[
     LocalTierConfig | LocalColdTierConfig | S3TierConfig, Field(discriminator="kind")
 ]
@@ -147,6 +185,14 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=2.0, gt=0)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
+    audit: dict[str, AuditPolicy] = Field(default_factory=dict)
+    """Audit policy per tier name or per role (a tier's name wins over its role);
+    unset tiers follow :data:`DEFAULT_AUDIT` for their role."""
+    audit_batch: int = Field(default=256, ge=1)
+    """Copies one audit pass claims at most."""
+    audit_threads: int = Field(default=1, ge=1, le=64)
+    """Copies a worker audits at once. More use more cores (as ``b3sum`` and
+    ``zstd -d | b3sum`` do) at the expense of ingest; the per-tier byte rate still applies."""
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -160,6 +206,9 @@ class Settings(BaseSettings):
         if self.default_policy is None:
             roles = {tier.role: 1 for tier in self.tiers.values()}
             self.default_policy = ReplicationPolicy(copies=roles)
+        unknown = set(self.audit) - set(self.tiers) - set(DEFAULT_AUDIT)
+        if unknown:
+            raise ValueError(f"audit policy for unknown tier or role: {', '.join(sorted(unknown))}")
         if self.hot_tier not in self.tiers:
             raise ValueError(
                 f"hot_tier {self.hot_tier!r} is not a declared tier ({', '.join(self.tiers)})"
@@ -171,6 +220,11 @@ class Settings(BaseSettings):
         """The default replication policy (filled in from the tiers when not configured)."""
         assert self.default_policy is not None
         return self.default_policy
+
+    def audit_policy(self, tier: str) -> AuditPolicy:
+        """The audit policy of one tier: its own, else its role's, else the default."""
+        role = self.tiers[tier].role
+        return self.audit.get(tier) or self.audit.get(role) or DEFAULT_AUDIT[role]
 
     @property
     def catalog_url(self) -> str:

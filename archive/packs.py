@@ -80,6 +80,19 @@ def _header(name: str, size: int) -> bytes:
     return bytes(header)
 
 
+def tar_member(b3: str, stored: bytes) -> bytes:
+    """One member as it lies in a pack: header, stored bytes, zero padding to a block.
+
+    Packs are deterministic (fixed mode, owner and mtime), so the same members in the
+    same order always make the same bytes, hence the same pack id: a damaged pack
+    can be rebuilt from good copies of its members and proven by its name.
+    """
+    return _header(blob_key(b3), len(stored)) + stored + b"\0" * (-len(stored) % BLOCK)
+
+
+TAR_END = b"\0" * (2 * BLOCK)
+
+
 class PackWriter:
     """Appends stored blobs to a tar pack staged in a tier; ``seal`` promotes it."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from archive.blobstore import present_blobs
 from archive.catalog import models
 from archive.catalog.models import ReplicaState
 from archive.node import ArchiveNode
@@ -132,6 +133,53 @@ def version_status(
     return status
 
 
+BAD_STATES = (ReplicaState.DAMAGED, ReplicaState.MISSING, ReplicaState.REPAIRING)
+
+
+def versions_holding(b3: str, *, session: Session) -> list[str]:
+    """``collection/dataset@vN`` of every version with an entry for the blob."""
+    rows = session.execute(
+        sa.select(col(models.Collection.name), col(models.Dataset.name), col(models.Version.number))
+        .select_from(models.Entry)
+        .join(models.Version, col(models.Version.id) == col(models.Entry.version_id))
+        .join(models.Dataset, col(models.Dataset.id) == col(models.Version.dataset_id))
+        .join(models.Collection, col(models.Collection.id) == col(models.Dataset.collection_id))
+        .where(col(models.Entry.blob_b3) == b3)
+        .distinct()
+    )
+    return sorted(f"{c}/{d}@v{n}" for c, d, n in rows)
+
+
+def blobs_at_risk(*, session: Session) -> list[dict[str, Any]]:
+    """Blobs with a copy that failed its audit (damaged, missing, being repaired).
+
+    ``degraded``: a present copy remains, so a repair can restore the count of copies.
+    ``lost``: no present copy remains anywhere; every version holding the blob is at
+    risk. Derived from the replicas' states, so it is never stale.
+    """
+    R, PM = models.Replica, models.PackMember
+    loose = sa.select(col(R.blob_b3)).where(
+        col(R.state).in_(BAD_STATES), col(R.blob_b3).is_not(None)
+    )
+    packed = (
+        sa.select(col(PM.blob_b3))
+        .join(R, col(R.pack_id) == col(PM.pack_id))
+        .where(col(R.state).in_(BAD_STATES))
+    )
+    candidates = {b for (b,) in session.execute(loose.union(packed)) if b}
+    if not candidates:
+        return []
+    present = present_blobs(candidates, session=session)
+    return [
+        {
+            "b3": b3,
+            "state": "degraded" if b3 in present else "lost",
+            "versions": versions_holding(b3, session=session),
+        }
+        for b3 in sorted(candidates)
+    ]
+
+
 def archive_status(node: ArchiveNode, *, session: Session) -> dict[str, Any]:
     """Replicas by tier and state, the work queue, and datasets preserved or not."""
     R, T = models.Replica, models.Tier
@@ -169,7 +217,20 @@ def archive_status(node: ArchiveNode, *, session: Session) -> dict[str, Any]:
         datasets.append(
             {"dataset": f"{coll_name}/{dataset.name}", "version": latest.number, **status.as_dict()}
         )
+    risk = blobs_at_risk(session=session)
+    lost = [{"b3": r["b3"], "versions": r["versions"]} for r in risk if r["state"] == "lost"]
+    bad_manifests = session.execute(
+        sa.select(col(models.Version.id)).where(
+            col(models.Version.manifest_state) != ReplicaState.PRESENT
+        )
+    ).all()
     return {
+        "integrity": {
+            "lost": lost,
+            "versions_at_risk": sorted({v for r in lost for v in r["versions"]}),
+            "degraded": sum(r["state"] == "degraded" for r in risk),
+            "manifests_damaged": len(bad_manifests),
+        },
         "replicas": by_tier,
         "queue": {"depth": depth, "oldest_pending": oldest.isoformat() if oldest else None},
         "datasets": {"preserved": preserved, "total": len(datasets), "items": datasets},

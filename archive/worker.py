@@ -10,6 +10,11 @@ exponential backoff and jitter, and only that tier waits: the others go on.
 
 Each loop is ``run_once()``-shaped: claim a bounded batch, do it, commit, return a
 count; ``run()`` repeats until SIGTERM, finishing the item in hand first.
+
+Loops of higher layers (the fixity auditors of ``fixity/``) are registered by name
+through the ``permafrost.worker_loops`` entry point group: each names a callable
+taking the :class:`Worker` and returning a count. This module never imports them,
+so dependencies keep pointing down (``fixity`` -> ``archive``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from importlib.metadata import entry_points
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,13 +57,36 @@ log = logging.getLogger("permafrost.worker")
 
 LOOPS = ("plan", "replicate", "restore")
 PACK_CLAIM_LIMIT = 20_000
+LOOP_ENTRY_POINTS = "permafrost.worker_loops"
+
+LoopStep = Callable[["Worker"], int]
+"""One pass of a registered loop: claim a bounded batch, do it, return a count."""
+
+
+@cache
+def registered_loops() -> dict[str, LoopStep]:
+    """Loops that installed packages register under :data:`LOOP_ENTRY_POINTS`."""
+    found: dict[str, LoopStep] = {}
+    for point in entry_points(group=LOOP_ENTRY_POINTS):
+        if point.name not in LOOPS:
+            found[point.name] = point.load()
+    return found
+
+
+def known_loops() -> tuple[str, ...]:
+    """The built-in loops, then the registered ones: what a worker runs by default."""
+    return LOOPS + tuple(sorted(registered_loops()))
 
 
 class Worker:
-    def __init__(self, node: ArchiveNode, *, loops: Sequence[str] = LOOPS, owner: str = "") -> None:
-        unknown = set(loops) - set(LOOPS)
+    def __init__(
+        self, node: ArchiveNode, *, loops: Sequence[str] | None = None, owner: str = ""
+    ) -> None:
+        known = known_loops()
+        loops = known if loops is None else loops
+        unknown = set(loops) - set(known)
         if unknown:
-            raise PermafrostError(f"unknown loops: {', '.join(sorted(unknown))} (known: {LOOPS})")
+            raise PermafrostError(f"unknown loops: {', '.join(sorted(unknown))} (known: {known})")
         self.node = node
         self.loops = tuple(loops)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -84,7 +114,10 @@ class Worker:
         for loop in self.loops:
             if self.stop.is_set():
                 break
-            counts[loop] = getattr(self, f"{loop}_once")()
+            if loop in LOOPS:
+                counts[loop] = getattr(self, f"{loop}_once")()
+            else:
+                counts[loop] = registered_loops()[loop](self)
         return counts
 
     def _delay(self, failures: int) -> float:
@@ -93,6 +126,16 @@ class Worker:
         return step * (
             0.5 + random.random()  # full jitter around the exponential step
         )
+
+    def tier_usable(self, tier: str) -> bool:
+        """False while ``tier`` is backing off after a failure."""
+        return self._tier_wait.get(tier, 0.0) <= time.monotonic()
+
+    def back_off(self, tier: str, failures: int) -> float:
+        """Leave ``tier`` alone for a jittered exponential delay; returns the delay."""
+        delay = self._delay(failures)
+        self._tier_wait[tier] = time.monotonic() + delay
+        return delay
 
     def _usable_tiers(self) -> list[str]:
         now = time.monotonic()

@@ -18,6 +18,7 @@ from archive.config import Settings, load_settings
 from archive.node import ArchiveNode
 from web.api import api_router, health
 from web.api.bags import bags_router
+from web.api.events import metrics_router
 from web.errors import install_error_handlers
 
 DESCRIPTION = """\
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(api_router(require_auth=resolved.api_token is not None))
     app.include_router(bags_router(require_auth=resolved.api_token is not None))
     return app

@@ -136,6 +136,10 @@ class Version(SQLModel, table=True):
     file_count: int = 0
     total_size: int = Field(default=0, sa_type=sa.BigInteger)
     created_at: dt.datetime = _time()
+    manifest_state: str = Field(default=ReplicaState.PRESENT, max_length=20)
+    """The manifest object's state on the hot tier, as the fixity audits last found it."""
+    manifest_verified_at: dt.datetime | None = _time(nullable=True)
+    manifest_next_audit_at: dt.datetime | None = _time(nullable=True)
 
 
 class Blob(SQLModel, table=True):
@@ -207,6 +211,15 @@ class Replica(SQLModel, table=True):
     lease_expires_at: dt.datetime | None = _time(nullable=True)
     created_at: dt.datetime = _time()
     updated_at: dt.datetime = _time()
+    audit_count: int = 0
+    """Audits passed so far; every Nth is deep when the tier's policy says so (issue 4)."""
+    last_audit_level: str | None = Field(default=None, max_length=10)
+    last_read_at: dt.datetime | None = _time(nullable=True)
+    """When the stored bytes were last read and proven (a stored or deep audit), as opposed
+    to a light audit; on cold tiers this is what the sampling budget covers."""
+    provider_checksum: str | None = Field(default=None, max_length=200)
+    """The tier's own checksum (S3 ``ChecksumSHA256`` or ETag) seen when the bytes were
+    last proven; light audits compare against it without reading the bytes."""
 
 
 class Event(SQLModel, table=True):

@@ -24,6 +24,7 @@ def test_openapi_schema_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths) == {
         "/healthz",
+        "/metrics",
         f"{API}/collections",
         f"{API}/collections/{{collection}}",
         f"{API}/datasets",
@@ -40,6 +41,7 @@ def test_openapi_schema_lists_every_route(client: TestClient) -> None:
         f"{API}/restores",
         f"{API}/collections/{{collection}}/policy",
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/status",
+        f"{API}/datasets/{{collection}}/{{dataset}}/events",
     }
     assert client.get("/docs").status_code == 200
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from web.api import blobs, collections, datasets, files, health, replication, versions
+from web.api import blobs, collections, datasets, events, files, health, replication, versions
 from web.deps import require_token
 from web.schemas import ErrorPublic
 
@@ -36,7 +36,7 @@ def api_router(*, require_auth: bool) -> APIRouter:
         )
     else:
         router = APIRouter(prefix=API_PREFIX, responses=_COMMON_ERRORS)
-    for module in (collections, datasets, versions, files, blobs, replication):
+    for module in (collections, datasets, versions, files, blobs, replication, events):
         router.include_router(module.router)
     return router
 
