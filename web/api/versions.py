@@ -12,9 +12,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from archive.access import claimable_blobs
+from archive.catalog.models import Permission
 from archive.datasets import DatasetRef, NewEntry, commit_version
 from archive.entry_pages import entry_page
+from archive.errors import MissingBlobs
 from archive.paths import MAX_PATH_BYTES, normalize_paths
+from web.auth import PrincipalDep
 from web.deps import (
     CollectionName,
     DatasetName,
@@ -39,8 +43,13 @@ MAX_PAGE = 1000
 
 @router.get("/{version}", response_model=VersionPublic, responses={404: {"model": ErrorPublic}})
 def read_version(
-    collection: CollectionName, dataset: DatasetName, version: VersionSelector, session: SessionDep
+    collection: CollectionName,
+    dataset: DatasetName,
+    version: VersionSelector,
+    session: SessionDep,
+    principal: PrincipalDep,
 ) -> VersionPublic:
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     _, row = resolve_version(collection, dataset, version, session=session)
     return VersionPublic.of(row)
 
@@ -55,6 +64,7 @@ def read_entries(
     dataset: DatasetName,
     version: VersionSelector,
     session: SessionDep,
+    principal: PrincipalDep,
     after: Annotated[
         Text | None,
         Query(max_length=MAX_PATH_BYTES, description="Start after this path (the `next` cursor)"),
@@ -65,6 +75,7 @@ def read_entries(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EntryPagePublic:
     """Entries in path order, ``limit`` at a time; follow ``next`` until it is null."""
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     _, row = resolve_version(collection, dataset, version, session=session)
     assert row.id is not None
     page = entry_page(row.id, session=session, after=after, prefix=prefix, limit=limit)
@@ -89,18 +100,28 @@ def create_version(
     body: VersionCreate,
     node: NodeDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> VersionPublic:
     """Commit the next version of a dataset (created with its collection if new).
 
     Paths must be relative, ``/``-separated and unique after NFC normalisation
     (422 says which and why); claimed SHA-256s and sizes must match the blobs.
+    Only administrators create collections this way; others need ``write`` on an
+    existing one, and may name only content they can read or have uploaded (else
+    409 lists it as missing).
     """
+    if not principal.is_admin:
+        principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
     paths = normalize_paths(e.path for e in body.entries)
     entries = [
         NewEntry(path, e.blake3, e.sha256, e.size)
         for path, e in zip(paths, body.entries, strict=True)
     ]
     with node.session() as session:
+        wanted = [e.b3 for e in entries]
+        unclaimable = set(wanted) - claimable_blobs(principal, wanted, session=session)
+        if unclaimable:
+            raise MissingBlobs(sorted(unclaimable))
         result = commit_version(
             DatasetRef(collection, dataset),
             entries,
@@ -109,7 +130,7 @@ def create_version(
             message=body.message,
             title=body.title,
             metadata=body.metadata,
-            agent="permafrost/api",
+            agent=f"permafrost/api ({principal.username})",
         )
     if not result.created:
         response.status_code = status.HTTP_200_OK
