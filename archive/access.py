@@ -127,7 +127,8 @@ def claimable_blobs(principal: Principal, b3s: Sequence[str], *, session: Sessio
             )
         if readable:
             rows = session.execute(
-                sa.select(sa.distinct(col(E.blob_b3)))
+                sa.select(col(E.blob_b3))
+                .distinct()
                 .join(V, col(V.id) == col(E.version_id))
                 .join(D, col(D.id) == col(V.dataset_id))
                 .join(C, col(C.id) == col(D.collection_id))

@@ -76,15 +76,19 @@ def tus_options() -> Response:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_class=Response)
 def create_upload(
+    request: Request,
     node: NodeDep,
     principal: PrincipalDep,
     upload_length: Annotated[int, Header(alias="Upload-Length", ge=0)],
 ) -> Response:
     """Start an upload of ``Upload-Length`` bytes; ``Location`` names it."""
-    state = UploadArea.of(node).create(_owner(principal), upload_length)
+    area = UploadArea.of(node)
+    state = area.create(_owner(principal), upload_length)
+    if upload_length == 0:  # nothing will be appended: store the empty file now
+        state = _append_and_finish(node, principal, state, 0, iter(()))
     return Response(
         status_code=status.HTTP_201_CREATED,
-        headers={**_headers(state), "Location": f"{router.prefix}/{state.id}"},
+        headers={**_headers(state), "Location": f"{request.url.path.rstrip('/')}/{state.id}"},
     )
 
 
