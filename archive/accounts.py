@@ -104,6 +104,22 @@ def authenticate(username: str, password: str, *, session: Session) -> models.Us
     return user
 
 
+def parse_permission(text: str) -> Permission | None:
+    """``read``, ``write`` or ``manage``; ``none`` (no membership) is None.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if text == "none":
+        return None
+    try:
+        return Permission(text)
+    except ValueError:
+        raise InvalidInput(
+            f"permission must be read, write, manage or none, not {text!r}"
+        ) from None
+
+
 def set_membership(
     user: models.User, collection: str, permission: Permission | None, *, session: Session
 ) -> None:

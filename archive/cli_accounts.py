@@ -12,8 +12,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from archive.accounts import create_user, get_user, list_users, set_membership, set_password
-from archive.catalog.models import Permission, Role
+from archive.accounts import (
+    create_user,
+    get_user,
+    list_users,
+    parse_permission,
+    set_membership,
+    set_password,
+)
+from archive.catalog.models import Role
 from archive.cli_app import JsonOpt, _emit, _node, app, console, out
 from archive.credentials import create_token, list_tokens, revoke_token
 
@@ -70,7 +77,7 @@ def user_grant(
     ],
 ) -> None:
     """Make a user a member of a collection (or remove them with 'none')."""
-    chosen = None if permission == "none" else Permission(permission)
+    chosen = parse_permission(permission)
     with _node() as node, node.session() as session:
         set_membership(get_user(username, session=session), collection, chosen, session=session)
     out.print(f"{username} on {collection}: {permission}")

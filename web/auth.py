@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -51,6 +52,15 @@ def _from_bearer(node: ArchiveNode, offered: str) -> Principal:
     raise NotAuthenticated("the bearer token is not valid (revoked, expired or unknown)")
 
 
+def _from_cookie(node: ArchiveNode, secret: str) -> tuple[Principal, str] | None:
+    with node.session() as session:
+        found = find_login(secret, session=session)
+        if found is None:
+            return None
+        user, login = found
+        return Principal.of(user, session=session), login.csrf_token
+
+
 async def _csrf_offered(request: Request) -> str | None:
     header = request.headers.get(CSRF_HEADER)
     if header is not None:
@@ -73,22 +83,21 @@ async def optional_principal(
         NotAuthenticated: a bearer token was sent and is not valid.
         CsrfRefused: a cookie-authenticated change lacks the CSRF token.
     """
+    # The catalog is synchronous: its lookups run in a worker thread, off the event loop.
     if credentials is not None:
-        return _from_bearer(node, credentials.credentials)
+        return await anyio.to_thread.run_sync(_from_bearer, node, credentials.credentials)
     if request.headers.get("authorization"):
         raise NotAuthenticated("only `Authorization: Bearer <token>` is accepted")
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret:
         return None
-    with node.session() as session:
-        found = find_login(secret, session=session)
-        if found is None:
-            return None
-        user, login = found
-        principal = Principal.of(user, session=session)
-    request.state.csrf_token = login.csrf_token
+    signed_in = await anyio.to_thread.run_sync(_from_cookie, node, secret)
+    if signed_in is None:
+        return None
+    principal, csrf_token = signed_in
+    request.state.csrf_token = csrf_token
     if request.method not in SAFE_METHODS and not csrf_matches(
-        login.csrf_token, await _csrf_offered(request)
+        csrf_token, await _csrf_offered(request)
     ):
         raise CsrfRefused("the form or request lacks a valid CSRF token; reload the page")
     return principal

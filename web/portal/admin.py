@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from archive.accounts import create_user, get_user, list_users, members_of, set_membership
+from archive.accounts import (
+    create_user,
+    get_user,
+    list_users,
+    members_of,
+    parse_permission,
+    set_membership,
+)
 from archive.catalog.models import Permission, Role
 from archive.credentials import list_tokens
 from archive.datasets import ensure_collection, list_collections
@@ -68,7 +75,7 @@ def change_membership(
 ) -> Response:
     """Set a membership; permission ``none`` removes it."""
     principal.require_role(what="page /admin")
-    chosen = None if permission == "none" else Permission(permission)
+    chosen = parse_permission(permission)
     with node.session() as session:
         set_membership(get_user(username, session=session), collection, chosen, session=session)
     return RedirectResponse("/admin", status_code=303)

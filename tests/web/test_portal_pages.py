@@ -1,0 +1,191 @@
+"""Portal pages over HTTP: administration, tokens, the dashboard, restore requests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from archive.catalog import models
+from archive.catalog.models import ReplicaState
+from archive.config import LocalColdTierConfig, LocalTierConfig, Settings
+from archive.datasets import parse_ref
+from archive.ingest import ingest_tree
+from archive.node import ArchiveNode
+from archive.worker import Worker
+from tests.support.accounts import PASSWORD, add_people, sign_in
+from web.app import create_app
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def portal(tmp_path: Path) -> Iterator[tuple[TestClient, ArchiveNode]]:
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
+        node: ArchiveNode = client.app.state.node  # type: ignore[attr-defined]
+        add_people(node)
+        yield client, node
+
+
+def test_admin_adds_a_user_and_a_membership(portal: tuple[TestClient, ArchiveNode]) -> None:
+    client, _ = portal
+    csrf = sign_in(client, "admin")
+    page = client.get("/admin")
+    assert page.status_code == 200
+    assert 'for="new-username"' in page.text  # every field has a label
+    added = client.post(
+        "/admin/users",
+        data={
+            "username": "newbie",
+            "password": "newbie password",
+            "role": "researcher",
+            "csrf_token": csrf,
+        },
+        follow_redirects=False,
+    )
+    assert added.status_code == 303
+    bad = client.post(
+        "/admin/memberships",
+        data={"username": "newbie", "collection": "lab", "permission": "owner", "csrf_token": csrf},
+    )
+    assert bad.status_code == 422
+    granted = client.post(
+        "/admin/memberships",
+        data={"username": "newbie", "collection": "lab", "permission": "read", "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert granted.status_code == 303
+    assert "newbie: read" in client.get("/admin").text
+
+    with TestClient(client.app) as newbie:
+        sign_in(newbie, "newbie", "newbie password")
+        assert newbie.get("/c/lab").status_code == 200
+        assert newbie.get("/c/other").status_code == 404
+
+
+def test_non_admins_cannot_post_admin_forms(portal: tuple[TestClient, ArchiveNode]) -> None:
+    client, node = portal
+    csrf = sign_in(client, "manager")
+    answer = client.post(
+        "/admin/users",
+        data={"username": "sneaky", "password": "sneaky password", "csrf_token": csrf},
+    )
+    assert answer.status_code == 404
+    with node.session() as session:
+        assert (
+            session.exec(select(models.User).where(models.User.username == "sneaky")).first()
+            is None
+        )
+
+
+def test_a_token_is_shown_once_and_works(portal: tuple[TestClient, ArchiveNode]) -> None:
+    client, _ = portal
+    csrf = sign_in(client, "reader")
+    made = client.post("/tokens", data={"name": "laptop", "csrf_token": csrf})
+    assert made.status_code == 200
+    found = re.search(r'<code id="new-token">([^<]+)</code>', made.text)
+    assert found is not None
+    secret = found[1]
+    assert secret not in client.get("/tokens").text  # never shown again
+    with TestClient(client.app) as script:
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert [c["name"] for c in script.get(f"{API}/collections", headers=auth).json()] == ["lab"]
+        token_id = re.search(
+            r'<td>laptop</td>.*?action="/tokens/(\d+)/revoke"', client.get("/tokens").text, re.S
+        )
+        assert token_id is not None
+        revoked = client.post(
+            f"/tokens/{token_id[1]}/revoke", data={"csrf_token": csrf}, follow_redirects=False
+        )
+        assert revoked.status_code == 303
+        assert script.get(f"{API}/collections", headers=auth).status_code == 401
+
+
+def test_the_dashboard_draws_storage_per_tier(
+    portal: tuple[TestClient, ArchiveNode], tmp_path: Path
+) -> None:
+    client, node = portal
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    ingest_tree(node, src, parse_ref("lab/d"))
+    sign_in(client, "curator")
+    page = client.get("/dashboard")
+    assert page.status_code == 200
+    assert "<svg" in page.text and "Stored bytes per tier" in page.text
+    assert re.search(r"hot \(hot\)</text>\s*<rect[^>]*width=\"300", page.text)
+    assert "lab/d" in page.text
+
+
+def test_a_cold_only_file_can_be_asked_back(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={
+            "hot": LocalTierConfig(path=tmp_path / "data/hot"),
+            "cold": LocalColdTierConfig(path=tmp_path / "data/cold", restore_delay_seconds=3600),
+        },
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    with TestClient(create_app(settings)) as client:
+        node: ArchiveNode = client.app.state.node  # type: ignore[attr-defined]
+        add_people(node)
+        ingest_tree(node, src, parse_ref("lab/frozen"))
+        Worker(node).run_once()
+        _lose_hot_copies(node)
+        csrf = sign_in(client, "reader")
+        page = client.get("/c/lab/frozen")
+        assert "Request restore" in page.text
+        answer = client.post(
+            "/c/lab/frozen/restore",
+            data={"version": "1", "path": "f.bin", "csrf_token": csrf},
+            headers={"HX-Request": "true"},
+        )
+        assert answer.status_code == 200
+        assert "Restore requested; ready at" in answer.text
+        with node.session() as session:
+            requests = session.exec(select(models.RestoreRequest)).all()
+        assert [(r.dataset, r.path, r.requested_by) for r in requests] == [
+            ("lab/frozen@v1", "f.bin", "reader")
+        ]
+        with TestClient(client.app) as stranger:
+            sign_in(stranger, "outsider")
+            refused = stranger.post(
+                "/c/lab/frozen/restore",
+                data={"version": "1", "path": "f.bin", "csrf_token": csrf},
+            )
+            assert refused.status_code in (403, 404)  # another's CSRF token, and no access
+
+
+def _lose_hot_copies(node: ArchiveNode) -> None:
+    """The hot objects are gone and an audit has said so: only cold copies remain."""
+    root = Path(node.settings.tiers["hot"].path)  # type: ignore[union-attr]
+    shutil.rmtree(root / "blobs", ignore_errors=True)
+    shutil.rmtree(root / "packs", ignore_errors=True)
+    with node.session() as session:
+        hot = node.tier_ids(session=session)["hot"]
+        for replica in session.exec(select(models.Replica).where(models.Replica.tier_id == hot)):
+            replica.state = ReplicaState.MISSING
+            session.add(replica)
+
+
+def test_readers_do_not_get_the_upload_page(
+    portal: tuple[TestClient, ArchiveNode], tmp_path: Path
+) -> None:
+    client, node = portal
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    ingest_tree(node, src, parse_ref("lab/d"))
+    sign_in(client, "reader")
+    assert client.get("/c/lab/d/upload").status_code == 403
+    assert "Upload a new version" not in client.get("/c/lab/d").text
+    assert 'id="new-dataset"' not in client.get("/c/lab").text
+    assert PASSWORD  # the shared test password signs everyone in
