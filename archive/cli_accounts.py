@@ -6,6 +6,7 @@ already holds every key, so these commands need no sign-in.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from archive.accounts import (
     set_membership,
     set_password,
 )
-from archive.catalog.models import Role
+from archive.catalog.models import Role, utcnow
 from archive.cli_app import JsonOpt, _emit, _node, app, console, out
 from archive.credentials import create_token, list_tokens, revoke_token
 
@@ -104,11 +105,16 @@ def user_list(as_json: JsonOpt = False) -> None:
 def token_create(
     user: Annotated[str, typer.Option("--user", "-u", help="Whose token.")],
     name: Annotated[str, typer.Option(help="What it is for (e.g. laptop).")] = "",
+    days: Annotated[
+        int | None, typer.Option(min=1, help="Expires after this many days (default: never).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a personal API token; it is printed once and only its hash is kept."""
+    expires = utcnow() + dt.timedelta(days=days) if days else None
     with _node() as node, node.session() as session:
-        made = create_token(get_user(user, session=session), session=session, name=name)
+        owner = get_user(user, session=session)
+        made = create_token(owner, session=session, name=name, expires_at=expires)
         token_id = made.row.id
     if as_json:
         _emit({"id": token_id, "user": user, "name": name, "token": made.secret})

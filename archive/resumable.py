@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from tiers import CHUNK_SIZE
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_UPLOAD = 5 * 1024**4
+#: An upload untouched for this long is forgotten (its client is not coming back).
+STALE_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -76,10 +79,27 @@ class UploadArea:
     def create(self, owner: str, length: int) -> UploadState:
         if not 0 <= length <= MAX_UPLOAD:
             raise InvalidInput(f"Upload-Length must be between 0 and {MAX_UPLOAD}")
+        self.forget_stale()
         state = UploadState(secrets.token_urlsafe(24), owner, length)
         self._part(state.id).touch()
         self._save(state)
         return state
+
+    def forget_stale(self, max_age: float = STALE_SECONDS) -> int:
+        """Delete uploads untouched for ``max_age`` seconds; returns how many."""
+        cutoff = time.time() - max_age
+        forgotten = 0
+        for meta in self.root.glob("*.json"):
+            part = meta.with_suffix(".part")
+            try:
+                touched = max(p.stat().st_mtime for p in (meta, part) if p.exists())
+            except (OSError, ValueError):
+                continue
+            if touched < cutoff:
+                part.unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
+                forgotten += 1
+        return forgotten
 
     def _save(self, state: UploadState) -> None:
         meta = self._meta(state.id)

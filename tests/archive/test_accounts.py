@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from archive.credentials import (
 from archive.datasets import ensure_collection
 from archive.errors import Conflict, Forbidden, InvalidInput, NotFound
 from archive.node import ArchiveNode
+from archive.resumable import UploadArea
 
 
 @pytest.fixture
@@ -156,3 +158,17 @@ def test_permissions_follow_roles_and_memberships(node: ArchiveNode) -> None:
 def _all(node: ArchiveNode, table: type[models.SQLModel]) -> list[models.SQLModel]:
     with node.session() as session:
         return list(session.exec(select(table)).all())
+
+
+def test_stale_uploads_are_forgotten(tmp_path: Path) -> None:
+    area = UploadArea(tmp_path / "uploads")
+    old = area.create("ada", 10)
+    fresh = area.create("ada", 10)
+    for suffix in (".json", ".part"):
+        os.utime(area.root / f"{old.id}{suffix}", (0, 0))
+    assert area.forget_stale() == 1
+    with pytest.raises(NotFound):
+        area.get(old.id, "ada")
+    assert area.get(fresh.id, "ada").offset == 0
+    with pytest.raises(NotFound):
+        area.get(fresh.id, "bob")  # another's upload is as missing as a made-up one

@@ -346,6 +346,22 @@ def test_failed_sign_ins_are_limited(portal: World) -> None:
     assert "permafrost_session" not in portal.client.cookies
 
 
+def test_trying_many_names_from_one_address_is_limited_too(portal: World) -> None:
+    for i in range(20):
+        page = portal.client.get("/login")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        answer = portal.client.post(
+            "/login", data={"username": f"guess{i}", "password": "wrong!", "csrf_token": token}
+        )
+        assert answer.status_code == 401
+    page = portal.client.get("/login")
+    token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+    blocked = portal.client.post(
+        "/login", data={"username": "writer", "password": PASSWORD, "csrf_token": token}
+    )
+    assert blocked.status_code == 429
+
+
 def test_next_never_leaves_the_site(portal: World) -> None:
     page = portal.client.get("/login?next=//evil.example/x")
     token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
