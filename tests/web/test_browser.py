@@ -214,3 +214,31 @@ def test_a_script_in_a_file_name_is_shown_not_run(
     assert page.locator(f'tr.file[data-path="{name}"] td.name').inner_text() == "script>.txt"
     assert page.locator("tr.folder").inner_text().strip().endswith("<script>alert(1)</")
     assert dialogs == []
+
+
+def test_the_dataset_page_fits_a_narrow_screen_and_works_by_keyboard(
+    browser: Browser, portal: Portal, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    (source / "deep" / "er").mkdir(parents=True)
+    (source / "deep" / "er" / "a-rather-long-file-name-for-a-phone.csv").write_bytes(b"1,2\n")
+    ingest_tree(portal.node, source, parse_ref("lab/phone"))
+    context = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{portal.base}/login")
+        # Keyboard only: the name field has focus, Tab moves on, Enter submits.
+        page.keyboard.type("reader")
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{portal.base}/")
+        page.goto(f"{portal.base}/c/lab/phone")
+        snap(page, tmp_path, "narrow")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+        assert page.get_by_role("link", name="Download", exact=True).is_visible()
+    finally:
+        context.close()
