@@ -189,3 +189,43 @@ def test_readers_do_not_get_the_upload_page(
     assert "Upload a new version" not in client.get("/c/lab/d").text
     assert 'id="new-dataset"' not in client.get("/c/lab").text
     assert PASSWORD  # the shared test password signs everyone in
+
+
+def test_editing_metadata_makes_a_version_with_the_same_files(
+    portal: tuple[TestClient, ArchiveNode], tmp_path: Path
+) -> None:
+    client, node = portal
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    ingest_tree(node, src, parse_ref("lab/d"), title="Old title")
+    form = {"title": "New title", "creators": "Ada; Grace", "license": "CC0-1.0", "keywords": ""}
+    csrf = sign_in(client, "reader")
+    refused = client.post("/c/lab/d/edit", data={**form, "csrf_token": csrf})
+    assert refused.status_code == 403
+    with TestClient(client.app) as writer:
+        csrf = sign_in(writer, "writer")
+        edited = writer.post(
+            "/c/lab/d/edit", data={**form, "csrf_token": csrf}, follow_redirects=False
+        )
+        assert edited.status_code == 303
+        assert edited.headers["location"] == "/c/lab/d?v=2"
+        page = writer.get("/c/lab/d")
+        assert "New title" in page.text and "Ada; Grace" in page.text
+    with node.session() as session:
+        dataset = session.exec(select(models.Dataset).where(models.Dataset.name == "d")).one()
+        versions = session.exec(
+            select(models.Version).where(models.Version.dataset_id == dataset.id)
+        ).all()
+        entries = {
+            v.number: session.exec(
+                select(models.Entry.path, models.Entry.blob_b3).where(
+                    models.Entry.version_id == v.id
+                )
+            ).all()
+            for v in versions
+        }
+    assert dataset.title == "New title"
+    assert dataset.metadata_["creators"] == ["Ada", "Grace"]
+    assert [v.message for v in versions] == ["", "metadata edited"]
+    assert entries[1] == entries[2]

@@ -10,7 +10,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from archive.catalog.models import Permission
+from archive.dataset_edit import edit_dataset
 from archive.datasets import (
+    DatasetRef,
     EntryView,
     check_name,
     ensure_dataset,
@@ -82,6 +84,16 @@ def _split(text: str, sep: str) -> list[str]:
     return [part.strip() for part in re.split(sep, text) if part.strip()]
 
 
+def _metadata(creators: str, description: str, license: str, keywords: str) -> dict[str, Any]:
+    """The descriptive fields (DataCite-like: creators, description, rights, subjects)."""
+    return {
+        "creators": _split(creators, r"[\n;]"),
+        "description": description.strip(),
+        "license": license.strip(),
+        "keywords": _split(keywords, r"[,\n]"),
+    }
+
+
 @router.post("/c/{collection}/datasets")
 def create_dataset(
     collection: CollectionName,
@@ -97,12 +109,7 @@ def create_dataset(
     """A new dataset with its metadata (DataCite-like fields), empty until a first upload."""
     principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
     check_name("dataset", name)
-    metadata: dict[str, Any] = {
-        "creators": _split(creators, r"[\n;]"),
-        "description": description.strip(),
-        "license": license.strip(),
-        "keywords": _split(keywords, r"[,\n]"),
-    }
+    metadata = _metadata(creators, description, license, keywords)
     with node.session() as session:
         try:
             get_dataset(collection, name, session=session)
@@ -182,6 +189,33 @@ def dataset_page(
         more=max(0, total - MAX_LISTED),
         can_write=principal.can(collection, Permission.WRITE),
     )
+
+
+@router.post("/c/{collection}/{dataset}/edit")
+def edit_dataset_page(
+    collection: CollectionName,
+    dataset: DatasetName,
+    node: NodeDep,
+    principal: PageUser,
+    title: Annotated[str, Form(max_length=1000)],
+    creators: Annotated[str, Form(max_length=5000)] = "",
+    description: Annotated[str, Form(max_length=20000)] = "",
+    license: Annotated[str, Form(max_length=200)] = "",
+    keywords: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """New title and metadata: a new version with the same files (see archive.dataset_edit)."""
+    principal.require(collection, Permission.WRITE, what=f"dataset {collection}/{dataset}")
+    with node.session() as session:
+        version = edit_dataset(
+            DatasetRef(collection, dataset),
+            session=session,
+            tier=node.hot,
+            title=title.strip(),
+            metadata=_metadata(creators, description, license, keywords),
+            agent=f"permafrost/portal ({principal.username})",
+        )
+    suffix = f"?v={version.number}" if version is not None else ""
+    return RedirectResponse(f"/c/{collection}/{dataset}{suffix}", status_code=303)
 
 
 @router.post("/c/{collection}/{dataset}/restore")
