@@ -13,7 +13,7 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from archive.catalog import models
 from archive.catalog.models import Permission, Role, utcnow
@@ -80,6 +80,15 @@ def get_user(username: str, *, session: Session) -> models.User:
 
 def list_users(*, session: Session) -> list[models.User]:
     return list(session.exec(select(models.User).order_by(col(models.User.username))).all())
+
+
+def set_active(user: models.User, active: bool, *, session: Session) -> None:
+    """Let a user in, or keep them out: an inactive user's tokens stop working and their
+    portal sessions end (reactivating does not bring those back)."""
+    user.active = active
+    session.add(user)
+    if not active:
+        session.exec(delete(models.LoginSession).where(col(models.LoginSession.user_id) == user.id))
 
 
 def set_password(user: models.User, password: str, *, session: Session) -> None:

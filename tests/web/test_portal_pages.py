@@ -12,9 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from archive.accounts import get_user
 from archive.catalog import models
 from archive.catalog.models import ReplicaState
 from archive.config import LocalColdTierConfig, LocalTierConfig, Settings
+from archive.credentials import create_token
 from archive.datasets import parse_ref
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
@@ -229,3 +231,26 @@ def test_editing_metadata_makes_a_version_with_the_same_files(
     assert dataset.metadata_["creators"] == ["Ada", "Grace"]
     assert [v.message for v in versions] == ["", "metadata edited"]
     assert entries[1] == entries[2]
+
+
+def test_a_deactivated_user_is_locked_out_at_once(portal: tuple[TestClient, ArchiveNode]) -> None:
+    client, node = portal
+    with TestClient(client.app) as reader:
+        sign_in(reader, "reader")
+        assert reader.get("/c/lab").status_code == 200
+        with node.session() as session:
+            token = create_token(get_user("reader", session=session), session=session).secret
+        auth = {"Authorization": f"Bearer {token}"}
+        assert reader.get(f"{API}/collections", headers=auth).status_code == 200
+        csrf = sign_in(client, "admin")
+        off = client.post(
+            "/admin/users/reader/active",
+            data={"active": "false", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert off.status_code == 303
+        assert reader.get("/c/lab", follow_redirects=False).status_code == 303  # to sign-in
+        assert reader.get(f"{API}/collections", headers=auth).status_code == 401
+        client.post("/admin/users/reader/active", data={"active": "true", "csrf_token": csrf})
+        assert reader.get(f"{API}/collections", headers=auth).status_code == 200
+        assert reader.get("/c/lab", follow_redirects=False).status_code == 303  # session ended

@@ -145,6 +145,14 @@ def _append_and_finish(
     return state
 
 
+def _locks(request: Request) -> dict[str, anyio.Lock]:
+    state = request.app.state
+    if getattr(state, "upload_locks", None) is None:
+        state.upload_locks = {}
+    locks: dict[str, anyio.Lock] = state.upload_locks
+    return locks
+
+
 @router.patch("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def append_upload(
     upload_id: str,
@@ -158,9 +166,10 @@ async def append_upload(
     if content_type.split(";")[0].strip() != OFFSET_TYPE:
         raise InvalidInput(f"Content-Type must be {OFFSET_TYPE}")
     owner = _owner(principal)
-    locks: dict[str, anyio.Lock] = request.app.state.__dict__.setdefault("upload_locks", {})
+    await anyio.to_thread.run_sync(UploadArea.of(node).get, upload_id, owner)  # 404 if not theirs
+    locks = _locks(request)
     lock = locks.setdefault(upload_id, anyio.Lock())
-    async with lock:
+    async with lock:  # one append at a time per upload; the next sees the new offset
         state = await anyio.to_thread.run_sync(UploadArea.of(node).get, upload_id, owner)
         run = functools.partial(
             _append_and_finish, node, principal, state, upload_offset, _pieces(request.stream())

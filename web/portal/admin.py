@@ -13,6 +13,7 @@ from archive.accounts import (
     list_users,
     members_of,
     parse_permission,
+    set_active,
     set_membership,
 )
 from archive.catalog.models import Permission, Role
@@ -62,6 +63,20 @@ def add_user(
         create_user(
             username, session=session, role=role, password=password, display_name=display_name
         )
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/users/{username}/active")
+def change_active(
+    username: str,
+    node: NodeDep,
+    principal: PageUser,
+    active: Annotated[bool, Form()],
+) -> Response:
+    """Deactivate (or reactivate) a user: their sessions and tokens stop working at once."""
+    principal.require_role(what="page /admin")
+    with node.session() as session:
+        set_active(get_user(username, session=session), active, session=session)
     return RedirectResponse("/admin", status_code=303)
 
 
