@@ -134,7 +134,7 @@ def test_create_a_dataset_upload_a_folder_and_download(
         assert row.locator("code.b3").inner_text() == blake3.blake3(data).hexdigest()
         assert row.locator("td.size").get_attribute("data-bytes") == str(len(data))
     assert "Coastal survey 2026" in page.get_by_role("heading", level=1).inner_text()
-    assert page.get_by_text("Mary Somerville").is_visible()
+    assert page.locator("dl.meta").get_by_text("Mary Somerville").is_visible()
 
     with portal.node.session() as session:
         rows = session.exec(
