@@ -23,7 +23,9 @@ from archive.config import Settings
 from archive.datasets import parse_ref
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
+from archive.worker import Worker
 from tests.support.accounts import PASSWORD, add_people
+from tests.support.cold import cold_settings, lose_hot_copies
 from web.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -240,5 +242,47 @@ def test_the_dataset_page_fits_a_narrow_screen_and_works_by_keyboard(
         )
         assert overflow <= 0
         assert page.get_by_role("link", name="Download", exact=True).is_visible()
+    finally:
+        context.close()
+
+
+def test_request_restore_of_a_cold_only_file_with_htmx(
+    browser: Browser, tmp_path: Path, live_server: Callable[[FastAPI], str]
+) -> None:
+    settings = cold_settings(tmp_path / "data")
+    app = create_app(settings)
+    base = live_server(app)
+    node: ArchiveNode = app.state.node
+    add_people(node)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "frozen.bin").write_bytes(os.urandom(2 * MiB))
+    ingest_tree(node, source, parse_ref("lab/frozen"))
+    Worker(node).run_once()
+    lose_hot_copies(node)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, Portal(base, node), "reader")
+        page.goto(f"{base}/c/lab/frozen")
+        with page.expect_response(f"{base}/c/lab/frozen/restore") as caught:
+            page.get_by_role("button", name="Request restore").click()
+        assert caught.value.request.headers.get("hx-request") == "true"  # sent by htmx
+        status = page.get_by_role("status")
+        status.wait_for()
+        assert "Restore requested; ready at" in status.inner_text()
+        assert page.url == f"{base}/c/lab/frozen"  # swapped in place, no navigation
+        snap(page, tmp_path, "restore-requested")
+        with node.session() as session:
+            requests = session.exec(select(models.RestoreRequest)).all()
+        assert [(r.path, r.requested_by) for r in requests] == [("frozen.bin", "reader")]
+
+        sign_in_page = context.new_page()
+        context.clear_cookies()
+        sign_in(sign_in_page, Portal(base, node), "curator")
+        sign_in_page.goto(f"{base}/dashboard")
+        snap(sign_in_page, tmp_path, "dashboard")
+        assert sign_in_page.get_by_role("img", name="Stored bytes per tier").is_visible()
+        assert sign_in_page.get_by_role("link", name="lab/frozen").is_visible()
     finally:
         context.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +13,14 @@ from sqlmodel import select
 
 from archive.accounts import get_user
 from archive.catalog import models
-from archive.catalog.models import ReplicaState
-from archive.config import LocalColdTierConfig, LocalTierConfig, Settings
+from archive.config import Settings
 from archive.credentials import create_token
 from archive.datasets import parse_ref
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.worker import Worker
 from tests.support.accounts import PASSWORD, add_people, sign_in
+from tests.support.cold import cold_settings, lose_hot_copies
 from web.app import create_app
 
 API = "/api/v1"
@@ -126,13 +125,7 @@ def test_the_dashboard_draws_storage_per_tier(
 
 
 def test_a_cold_only_file_can_be_asked_back(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        tiers={
-            "hot": LocalTierConfig(path=tmp_path / "data/hot"),
-            "cold": LocalColdTierConfig(path=tmp_path / "data/cold", restore_delay_seconds=3600),
-        },
-    )
+    settings = cold_settings(tmp_path / "data")
     src = tmp_path / "src"
     src.mkdir()
     (src / "f.bin").write_bytes(os.urandom(2 * 1024 * 1024))
@@ -141,7 +134,7 @@ def test_a_cold_only_file_can_be_asked_back(tmp_path: Path) -> None:
         add_people(node)
         ingest_tree(node, src, parse_ref("lab/frozen"))
         Worker(node).run_once()
-        _lose_hot_copies(node)
+        lose_hot_copies(node)
         csrf = sign_in(client, "reader")
         page = client.get("/c/lab/frozen")
         assert "Request restore" in page.text
@@ -164,18 +157,6 @@ def test_a_cold_only_file_can_be_asked_back(tmp_path: Path) -> None:
                 data={"version": "1", "path": "f.bin", "csrf_token": csrf},
             )
             assert refused.status_code in (403, 404)  # another's CSRF token, and no access
-
-
-def _lose_hot_copies(node: ArchiveNode) -> None:
-    """The hot objects are gone and an audit has said so: only cold copies remain."""
-    root = Path(node.settings.tiers["hot"].path)  # type: ignore[union-attr]
-    shutil.rmtree(root / "blobs", ignore_errors=True)
-    shutil.rmtree(root / "packs", ignore_errors=True)
-    with node.session() as session:
-        hot = node.tier_ids(session=session)["hot"]
-        for replica in session.exec(select(models.Replica).where(models.Replica.tier_id == hot)):
-            replica.state = ReplicaState.MISSING
-            session.add(replica)
 
 
 def test_readers_do_not_get_the_upload_page(
