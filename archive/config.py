@@ -128,7 +128,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: SecretStr | None = None
-    """When set, the HTTP API requires ``Authorization: Bearer <token>``."""
+    """A bearer token that acts as an administrator (``Authorization: Bearer <token>``),
+    for deployments scripted before accounts; personal tokens (``permafrost token
+    create``) are the usual way in. Every API route needs one or the other."""
     organization: str = "Permafrost"
     default_policy: ReplicationPolicy | None = None
     """Copies wanted for a collection that has no policy of its own (default: one copy

@@ -235,3 +235,27 @@ def test_a_deactivated_user_is_locked_out_at_once(portal: tuple[TestClient, Arch
         client.post("/admin/users/reader/active", data={"active": "true", "csrf_token": csrf})
         assert reader.get(f"{API}/collections", headers=auth).status_code == 200
         assert reader.get("/c/lab", follow_redirects=False).status_code == 303  # session ended
+
+
+def test_changing_ones_password_needs_the_current_one(
+    portal: tuple[TestClient, ArchiveNode],
+) -> None:
+    client, _ = portal
+    csrf = sign_in(client, "reader")
+    wrong = client.post(
+        "/account/password",
+        data={"current": "not it", "new": "brand new password", "csrf_token": csrf},
+    )
+    assert wrong.status_code == 403
+    short = client.post(
+        "/account/password", data={"current": PASSWORD, "new": "short", "csrf_token": csrf}
+    )
+    assert short.status_code == 422
+    changed = client.post(
+        "/account/password",
+        data={"current": PASSWORD, "new": "brand new password", "csrf_token": csrf},
+    )
+    assert changed.status_code == 200
+    assert "Password changed." in changed.text
+    with TestClient(client.app) as again:
+        sign_in(again, "reader", "brand new password")

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from archive.accounts import authenticate
+from archive.accounts import authenticate, set_password
 from archive.catalog import models
 from archive.credentials import (
     SESSION_LIFETIME,
@@ -143,17 +143,41 @@ def logout(request: Request, node: NodeDep, principal: PageUser) -> Response:
     return response
 
 
+@router.post("/account/password")
+def change_password(
+    request: Request,
+    node: NodeDep,
+    principal: PageUser,
+    current: Annotated[str, Form(max_length=1000)],
+    new: Annotated[str, Form(max_length=1000)],
+) -> Response:
+    """Change one's own password (the current one is asked again: a left-open session
+    is not enough to take over the account)."""
+    with node.session() as session:
+        user = authenticate(principal.username, current, session=session)
+        if user is None:
+            raise Forbidden("the current password is not right")
+        set_password(user, new, session=session)
+    return _tokens(request, node, principal, new_secret=None, notice="Password changed.")
+
+
 @router.get("/tokens")
 def tokens_page(request: Request, node: NodeDep, principal: PageUser) -> Response:
     return _tokens(request, node, principal, new_secret=None)
 
 
 def _tokens(
-    request: Request, node: NodeDep, principal: PageUser, new_secret: str | None
+    request: Request,
+    node: NodeDep,
+    principal: PageUser,
+    new_secret: str | None,
+    notice: str = "",
 ) -> Response:
     with node.session() as session:
         rows = list_tokens(principal.user_id, session=session) if principal.user_id else []
-    return render(request, "tokens.html", principal, tokens=rows, new_secret=new_secret)
+    return render(
+        request, "tokens.html", principal, tokens=rows, new_secret=new_secret, notice=notice
+    )
 
 
 @router.post("/tokens")
