@@ -12,6 +12,7 @@
   const csrf = form.dataset.csrf;
   const PIECE = 8 * 1024 * 1024;
   const RETRIES = 8;
+  const PARALLEL = 3;
   const queueBody = document.querySelector("#queue tbody");
   const total = document.getElementById("total-progress");
   const summary = document.getElementById("summary");
@@ -166,11 +167,18 @@
     e.preventDefault();
     start.disabled = true;
     try {
-      let n = 0;
-      for (const item of items) {
-        summary.textContent = "Uploading " + item.path + " (" + (++n) + "/" + items.length + ")…";
-        await send(item);
+      // A few files at a time: small files are mostly round trips, large ones share the link.
+      let next = 0;
+      let done = 0;
+      async function worker() {
+        while (next < items.length) {
+          const item = items[next++];
+          await send(item);
+          summary.textContent = "Uploaded " + (++done) + " of " + items.length + " file(s)…";
+        }
       }
+      summary.textContent = "Uploading " + items.length + " file(s)…";
+      await Promise.all(Array.from({ length: Math.min(PARALLEL, items.length) }, worker));
       summary.textContent = "Committing the version…";
       const entries = items.map((it) => ({
         path: it.path, blake3: it.result.blake3, sha256: it.result.sha256, size: it.file.size,
