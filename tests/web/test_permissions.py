@@ -3,6 +3,7 @@ not read, 403 for what it may read but not change, CSRF on cookie-authenticated 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,36 @@ def test_the_api_needs_credentials(world: World, method: str, url: str) -> None:
     answer = world.client.request(method, url)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+PLACEHOLDERS = {
+    "collection": "lab",
+    "dataset": "d",
+    "version": "1",
+    "path": "f.txt",
+    "b3": "a" * 64,
+    "upload_id": "x" * 32,
+}
+
+
+#: tus protocol discovery (tus.io core, OPTIONS): says only which protocol versions are spoken.
+OPEN = {("options", f"{API}/uploads")}
+
+
+def test_every_api_route_needs_credentials(world: World) -> None:
+    """Walks the OpenAPI document, so a route added later without a check fails here."""
+    checked = 0
+    for path, operations in world.client.get("/openapi.json").json()["paths"].items():
+        if not path.startswith(API):
+            continue
+        url = re.sub(r"{(\w+)}", lambda m: PLACEHOLDERS[m[1]], path)
+        for method in operations:
+            if (method, path) in OPEN:
+                continue
+            answer = world.client.request(method.upper(), url)
+            assert answer.status_code == 401, (method, path, answer.status_code)
+            checked += 1
+    assert checked >= 20
 
 
 def test_health_needs_none(world: World) -> None:
