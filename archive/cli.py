@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from archive.accounts import INITIAL_ADMIN, ensure_initial_admin
 from archive.checkout import checkout, stream_blob, write_file
 from archive.cli_app import (
     JsonOpt,
@@ -80,6 +81,19 @@ def init() -> None:
         for name, tier in s.tiers.items():
             where = getattr(tier, "path", None) or getattr(tier, "bucket", "")
             console.print(f"  tier [bold]{name}[/] ({tier.kind}, {tier.role}): {where}")
+        _first_admin(node, f"http://{s.host}:{s.port}")
+
+
+def _first_admin(node: ArchiveNode, base_url: str) -> None:
+    """On a catalog without users, create the administrator and say how to sign in (once)."""
+    with node.session() as session:
+        password = ensure_initial_admin(session=session)
+    if password is not None:
+        console.print(
+            f"[bold]First run:[/] sign in at {base_url}/login as [bold]{INITIAL_ADMIN}[/] "
+            f"with password [bold]{escape(password)}[/] (shown once; change it with "
+            f"`permafrost user passwd {INITIAL_ADMIN}`)."
+        )
 
 
 @app.command()
@@ -399,8 +413,9 @@ def serve(
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs) and, unless --no-worker, an embedded worker."""
     settings = state.settings
-    with _node():
-        pass  # migrate the catalog and create tiers before accepting requests
+    bind_host, bind_port = host or settings.host, port or settings.port
+    with _node() as node:  # migrate the catalog and create tiers before accepting requests
+        _first_admin(node, f"http://{bind_host}:{bind_port}")
     if state.config is not None:
         os.environ["PERMAFROST_CONFIG"] = str(state.config.resolve())
     embedded: Worker | None = None
@@ -408,7 +423,6 @@ def serve(
         worker_node = ArchiveNode.open(settings, upgrade=False)
         embedded = Worker(worker_node)
         threading.Thread(target=embedded.run, name="permafrost-worker", daemon=True).start()
-    bind_host, bind_port = host or settings.host, port or settings.port
     console.print(
         f"Permafrost serving on http://{bind_host}:{bind_port} (API docs at /docs)"
         + ("" if no_worker else ", with an embedded worker")
@@ -441,11 +455,12 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-# Command modules that register themselves on ``app``: catalog rebuild; import-bag,
-# export and ingest --server.
-from archive import cli_catalog, cli_transfer  # noqa: E402, F401
+# Command modules that register themselves on ``app``: user, token; catalog rebuild, gc;
+# import-bag, export and ingest --server.
+from archive import cli_accounts, cli_catalog, cli_transfer  # noqa: E402, F401
 
 cli_transfer.register(app, lambda: state.settings)
+assert cli_accounts.user_app is not None  # registered on import
 
 
 def _register_plugins() -> None:

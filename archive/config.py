@@ -166,7 +166,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: SecretStr | None = None
-    """When set, the HTTP API requires ``Authorization: Bearer <token>``."""
+    """A bearer token that acts as an administrator (``Authorization: Bearer <token>``),
+    for deployments scripted before accounts; personal tokens (``permafrost token
+    create``) are the usual way in. Every API route needs one or the other."""
     max_upload_bytes: int = Field(default=5 * 1024**4, ge=1)
     """Largest blob one upload may carry (default 5 TiB, S3's own object limit); a larger
     declared or streamed body is refused with 413 and nothing is kept."""

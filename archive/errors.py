@@ -12,6 +12,8 @@ failure, 2 bad usage or bad input) and ``http_status`` for the API::
     ├── NotFound                        exit 2, HTTP 404: no such collection/dataset/version/file
     ├── Conflict                        exit 2, HTTP 409
     │   └── MissingBlobs(digests)       a version names content the archive lacks
+    ├── NotAuthenticated                exit 2, HTTP 401: no valid credentials (issue 6)
+    ├── Forbidden                       exit 2, HTTP 403: known, but not yours to change
     ├── ConfigError                     exit 2: the configuration is unusable
     ├── IntegrityError                  exit 1, HTTP 500: stored bytes fail their digest
     │   └── BlobDigestMismatch(b3, algorithm, expected, found)
@@ -76,6 +78,18 @@ class MissingBlobs(Conflict):
         shown = ", ".join(digests[:5]) + (" ..." if len(digests) > 5 else "")
         super().__init__(f"{len(digests)} blob(s) not in the archive: {shown}")
         self.digests = list(digests)
+
+
+class NotAuthenticated(PermafrostError):
+    """No credentials, or wrong ones: sign in or send ``Authorization: Bearer``."""
+
+    http_status = 401
+
+
+class Forbidden(PermafrostError):
+    """The caller may see the thing but not do this to it (what they may not see is a 404)."""
+
+    http_status = 403
 
 
 class ConfigError(PermafrostError):

@@ -20,11 +20,14 @@ from web.api import api_router, health
 from web.api.bags import bags_router
 from web.api.events import metrics_router
 from web.errors import install_error_handlers
+from web.portal import install_portal
 
 DESCRIPTION = """\
 Research-data preservation archive. Files are addressed by the BLAKE3 of their
 content; upload a version with `POST /api/v1/blobs/missing`, `PUT /api/v1/blobs/{b3}`
 for each missing blob, then `POST /api/v1/datasets/{collection}/{dataset}/versions`.
+Every route needs `Authorization: Bearer <token>` (`permafrost token create`) or a
+portal session; what you may not read answers 404.
 """
 
 
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics_router)
-    app.include_router(api_router(require_auth=resolved.api_token is not None))
-    app.include_router(bags_router(require_auth=resolved.api_token is not None))
+    app.include_router(api_router())
+    app.include_router(bags_router())
+    install_portal(app)
     return app

@@ -1,4 +1,6 @@
-"""What routes are handed: the node, a catalog session, checked path parameters, auth.
+"""What routes are handed: the node, a catalog session, checked path parameters.
+
+Who is calling is :mod:`web.auth`'s business.
 
 The node is built once per process in the app's lifespan (``app.state.node``);
 nothing here reads configuration. A route that writes opens its own
@@ -10,12 +12,10 @@ open while a body streams.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Path, Request
 from sqlmodel import Session
 
 from archive.catalog import models
@@ -52,29 +52,6 @@ def get_session(node: NodeDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-
-_bearer = HTTPBearer(auto_error=False, description="The server's configured api_token.")
-
-
-def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Refuse the request unless it carries the configured bearer token (RFC 6750).
-
-    The comparison takes the same time wherever the first differing byte is, so
-    the token cannot be guessed a byte at a time from response times.
-    """
-    token = get_node(request).settings.api_token
-    if token is None:  # installed only with a token; nothing to compare against otherwise
-        return
-    offered = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(offered.encode(), token.get_secret_value().encode()):
-        raise HTTPException(
-            status_code=401,
-            detail="a valid bearer token is required",
-            headers={"WWW-Authenticate": 'Bearer realm="permafrost"'},
-        )
 
 
 def parse_version(selector: str) -> int | None:

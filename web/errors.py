@@ -33,6 +33,7 @@ from archive.errors import (
     InvalidPath,
     InvalidTree,
     MissingBlobs,
+    NotAuthenticated,
     PathCollision,
     PermafrostError,
     UnsupportedFile,
@@ -78,7 +79,14 @@ async def _permafrost_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PermafrostError)
     if exc.http_status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
-    return error_response(exc.http_status, type(exc).__name__, str(exc), **_data(exc))
+    headers = (
+        {"WWW-Authenticate": 'Bearer realm="permafrost"'}
+        if isinstance(exc, NotAuthenticated)
+        else None
+    )
+    return error_response(
+        exc.http_status, type(exc).__name__, str(exc), headers=headers, **_data(exc)
+    )
 
 
 async def _tier_error(request: Request, exc: Exception) -> JSONResponse:

@@ -269,3 +269,78 @@ class RestoreRequest(SQLModel, table=True):
     requested_by: str = Field(default="", max_length=200)
     created_at: dt.datetime = _time()
     updated_at: dt.datetime = _time()
+
+
+class Role(enum.StrEnum):
+    """What a user may do across the archive (issue 6); collections add memberships."""
+
+    ADMIN = "admin"
+    """Everything: every collection, users, memberships, tokens."""
+    CURATOR = "curator"
+    """Reads every collection, sees the dashboard and restores; writes where a member."""
+    RESEARCHER = "researcher"
+    """Only the collections they are a member of."""
+
+
+class Permission(enum.StrEnum):
+    """A member's rights on one collection, each including the ones before it."""
+
+    READ = "read"
+    WRITE = "write"
+    MANAGE = "manage"
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(max_length=100, unique=True)
+    display_name: str = Field(default="", max_length=200)
+    role: str = Field(default=Role.RESEARCHER, max_length=20)
+    password_hash: str | None = Field(default=None, max_length=200)
+    """Argon2id PHC string; None: the user signs in with API tokens only."""
+    active: bool = True
+    created_at: dt.datetime = _time()
+    last_login_at: dt.datetime | None = _time(nullable=True)
+
+
+class Membership(SQLModel, table=True):
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    collection_id: int = Field(foreign_key="collection.id", primary_key=True, index=True)
+    permission: str = Field(default=Permission.READ, max_length=20)
+    created_at: dt.datetime = _time()
+
+
+class ApiToken(SQLModel, table=True):
+    """A personal API token: only its SHA-256 is kept; the secret is shown once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str = Field(default="", max_length=200)
+    token_hash: str = Field(max_length=64, unique=True)
+    prefix: str = Field(max_length=20)
+    """The token's first characters, to tell tokens apart in lists."""
+    created_at: dt.datetime = _time()
+    last_used_at: dt.datetime | None = _time(nullable=True)
+    expires_at: dt.datetime | None = _time(nullable=True)
+    revoked_at: dt.datetime | None = _time(nullable=True)
+
+
+class LoginSession(SQLModel, table=True):
+    """A portal sign-in: the cookie holds a secret, the catalog its SHA-256 and CSRF token."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    csrf_token: str = Field(max_length=64)
+    created_at: dt.datetime = _time()
+    expires_at: dt.datetime = _time(index=True)
+
+
+class UploadGrant(SQLModel, table=True):
+    """A user proved they hold a blob's bytes (they uploaded them), so they may commit it.
+
+    Without this, knowing a digest from another collection would be enough to
+    commit that content into one's own dataset and download it.
+    """
+
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    blob_b3: str = Field(foreign_key="blob.b3", primary_key=True, max_length=64)
+    created_at: dt.datetime = _time()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -165,18 +167,21 @@ def test_config_file_and_environment(cli: Cli, tree: dict[str, bytes], tmp_path:
 
 
 def test_serve_answers_over_http(cli: Cli, tree: dict[str, bytes], tmp_path: Path) -> None:
-    """`permafrost serve` on the embedded default: the API serves what the CLI ingested."""
+    """`permafrost serve` on the embedded default: first run makes an admin who can sign
+    in; a token from `permafrost token create` reads what the CLI ingested."""
     cli("ingest", str(tmp_path / "src"), "-C", "lab", "-D", "d1")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archive.cli", "serve", "--port", str(port)],
-        cwd=cli.cwd,
-        env=cli.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "archive.cli", "serve", "--port", str(port)],
+            cwd=cli.cwd,
+            env=cli.env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -188,7 +193,25 @@ def test_serve_answers_over_http(cli: Cli, tree: dict[str, bytes], tmp_path: Pat
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
-        got = httpx.get(f"{base}/api/v1/datasets/lab/d1/versions/latest/files/sub/b.csv")
+        said = re.search(r"sign in at (\S+)/login as admin with password (\S+) ", log.read_text())
+        assert said is not None, log.read_text()
+        assert said[1] == base
+        with httpx.Client(base_url=base) as browser:
+            form = browser.get("/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert csrf is not None
+            signed_in = browser.post(
+                "/login",
+                data={"username": "admin", "password": said[2], "csrf_token": csrf[1]},
+            )
+            assert signed_in.status_code == 303
+            assert "permafrost_session" in browser.cookies
+        assert httpx.get(f"{base}/api/v1/collections").status_code == 401
+        token = json.loads(cli("token", "create", "--user", "admin", "--json").stdout)["token"]
+        got = httpx.get(
+            f"{base}/api/v1/datasets/lab/d1/versions/latest/files/sub/b.csv",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert got.status_code == 200
         assert got.content == tree["sub/b.csv"]
         assert got.headers["etag"] == f'"{blake3.blake3(tree["sub/b.csv"]).hexdigest()}"'

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from archive.config import LocalColdTierConfig, LocalTierConfig, Settings
 from archive.datasets import parse_ref
@@ -113,8 +114,10 @@ def cold_archive(tmp_path: Path) -> tuple[Settings, bytes]:
 
 def test_restore_through_the_api(cold_archive: tuple[Settings, bytes]) -> None:
     settings, data = cold_archive
+    settings = settings.model_copy(update={"api_token": SecretStr("restore-token")})
     url = "/api/v1/datasets/lab/api/versions/latest/files/f.bin"
-    with TestClient(create_app(settings)) as client:
+    auth = {"Authorization": "Bearer restore-token"}
+    with TestClient(create_app(settings), headers=auth) as client:
         refused = client.get(url)
         assert refused.status_code == 409
         assert refused.json()["error"] == "RestoreRequired"

@@ -21,6 +21,10 @@ from web.app import create_app
 
 MiB = 1024 * 1024
 
+#: The server's configured ``api_token``: an administrator, which most API tests act as.
+ADMIN_TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 @dataclass(frozen=True)
 class Content:
@@ -41,12 +45,12 @@ def content(data: bytes) -> Content:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+    return Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), headers=AUTH) as test_client:
         yield test_client
 
 
@@ -95,6 +99,7 @@ class Archived:
 def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archived]:
     """One app holding the sample, shared by a module's tests, which must only read."""
     root = tmp_path_factory.mktemp("archived")
-    with TestClient(create_app(Settings(data_dir=root / "data"))) as test_client:
+    settings = Settings(data_dir=root / "data", api_token=ADMIN_TOKEN)
+    with TestClient(create_app(settings), headers=AUTH) as test_client:
         opened: ArchiveNode = test_client.app.state.node  # type: ignore[attr-defined]
         yield Archived(test_client, opened, ingest_sample(opened, root / "sample"))

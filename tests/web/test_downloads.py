@@ -16,7 +16,7 @@ from archive.datasets import get_dataset, get_entry, get_version, parse_ref
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.packs import blob_key
-from tests.web.conftest import Archived, content
+from tests.web.conftest import ADMIN_TOKEN, AUTH, Archived, content
 from web.app import create_app
 
 FILES = "/api/v1/datasets/c/d/versions/1/files"
@@ -206,11 +206,11 @@ def test_content_disposition_is_safe_for_any_name(
 )
 def test_damaged_copy_is_never_served(tmp_path: Path, data: bytes, status: int, error: str) -> None:
     """A loose blob whose stored bytes were altered: an error, never the wrong bytes."""
-    settings = Settings(data_dir=tmp_path / "data", pack_below=0)
+    settings = Settings(data_dir=tmp_path / "data", pack_below=0, api_token=ADMIN_TOKEN)
     source = tmp_path / "src"
     source.mkdir()
     (source / "f.bin").write_bytes(data)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False, headers=AUTH) as client:
         node: ArchiveNode = client.app.state.node  # type: ignore[attr-defined]
         ingest_tree(node, source, parse_ref("c/d"))
         stored = settings.data_dir / "tiers" / "hot" / blob_key(content(data).b3)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from archive.config import Settings
 from archive.packs import blob_key
+from tests.web.conftest import ADMIN_TOKEN, AUTH
 from web.app import create_app
 
 MiB = 1024 * 1024
@@ -54,8 +55,8 @@ def test_streamed_upload_and_download_of_20_mib(
 ) -> None:
     size = 20 * MiB + 17
     b3, sha256, _ = digests(pseudo_random(size, b"upload"))
-    base = live_server(create_app(Settings(data_dir=tmp_path / "data")))
-    with httpx.Client(base_url=base, timeout=60) as http:
+    base = live_server(create_app(Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)))
+    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
         missing = http.post("/api/v1/blobs/missing", json={"blobs": [b3]})
         assert missing.json() == {"missing": [b3]}
         stored = http.put(
@@ -86,9 +87,9 @@ def test_streamed_upload_and_download_of_20_mib(
 def test_wrong_upload_over_the_wire_is_422(
     tmp_path: Path, live_server: Callable[[FastAPI], str]
 ) -> None:
-    base = live_server(create_app(Settings(data_dir=tmp_path / "data")))
+    base = live_server(create_app(Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)))
     claimed = "ab" * 32
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
         response = http.put(f"/api/v1/blobs/{claimed}", content=pseudo_random(5 * MiB, b"x"))
         assert response.status_code == 422
         assert response.json()["error"] == "UploadDigestMismatch"
@@ -101,9 +102,9 @@ def test_a_copy_damaged_past_the_first_chunk_never_arrives_whole(
     """The server announced the length; a body that fails verification ends short of it."""
     data = os.urandom(9 * MiB)  # raw, loose, three tier reads
     b3 = blake3.blake3(data).hexdigest()
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)
     base = live_server(create_app(settings))
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
         assert http.put(f"/api/v1/blobs/{b3}", content=data).status_code == 201
         entries = [{"path": "f.bin", "blake3": b3}]
         assert http.post("/api/v1/datasets/c/d/versions", json={"entries": entries}).is_success

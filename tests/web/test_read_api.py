@@ -36,6 +36,8 @@ def test_openapi_schema_lists_every_route(client: TestClient) -> None:
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/files/{{path}}",
         f"{API}/blobs/missing",
         f"{API}/blobs/{{b3}}",
+        f"{API}/uploads",
+        f"{API}/uploads/{{upload_id}}",
         f"{API}/bags",
         f"{API}/status",
         f"{API}/restores",

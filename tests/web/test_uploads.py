@@ -16,7 +16,7 @@ from sqlmodel import select
 from archive.catalog import models
 from archive.config import Settings
 from archive.node import ArchiveNode
-from tests.web.conftest import Content, content
+from tests.web.conftest import ADMIN_TOKEN, AUTH, Content, content
 from web.app import create_app
 
 API = "/api/v1"
@@ -257,13 +257,14 @@ def test_commit_refuses_json_no_catalog_can_store(
     assert count(node, models.Version) == 0
 
 
-def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
+def test_the_configured_api_token_is_an_administrator(tmp_path: Path) -> None:
+    """Every route but /healthz needs credentials; the configured token is one (issue 7)."""
     settings = Settings(data_dir=tmp_path / "data", api_token="s3cret-token")
     with TestClient(create_app(settings)) as client:
         denied = client.get(f"{API}/collections")
         assert denied.status_code == 401
         assert denied.headers["www-authenticate"].startswith("Bearer")
-        assert denied.json()["error"] == "Unauthorized"
+        assert denied.json()["error"] == "NotAuthenticated"
         wrong = client.get(f"{API}/collections", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         basic = client.get(f"{API}/collections", headers={"Authorization": "Basic czNjcmV0"})
@@ -279,22 +280,17 @@ def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
         )
 
 
-def test_openapi_declares_the_bearer_scheme_only_with_a_token(
-    client: TestClient, tmp_path: Path
-) -> None:
-    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
-    settings = Settings(data_dir=tmp_path / "guarded", api_token="t")
-    with TestClient(create_app(settings)) as guarded:
-        schema = guarded.get("/openapi.json").json()
-        assert "HTTPBearer" in schema["components"]["securitySchemes"]
-        responses = schema["paths"]["/api/v1/collections"]["get"]["responses"]
-        assert "401" in responses
+def test_openapi_declares_the_bearer_scheme(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    responses = schema["paths"]["/api/v1/collections"]["get"]["responses"]
+    assert "401" in responses
 
 
 def test_uploads_over_the_size_limit_are_413_and_keep_nothing(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", max_upload_bytes=10_000)
+    settings = Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN, max_upload_bytes=10_000)
     big, small = content(os.urandom(10_001)), content(os.urandom(10_000))
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         node: ArchiveNode = client.app.state.node  # type: ignore[attr-defined]
         declared = put(client, big)
         assert declared.status_code == 413, declared.text

@@ -25,9 +25,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from pydantic import BaseModel
 
 from archive.bag_import import import_bag
+from archive.catalog.models import Permission
 from archive.safe_extract import ExtractLimits
 from web.api import API_PREFIX
-from web.deps import NodeDep, require_token, resolve_version
+from web.auth import PrincipalDep
+from web.deps import NodeDep, resolve_version
 from web.schemas import NAME_PATTERN, ErrorPublic, VersionPublic
 
 PIECE = 1024 * 1024
@@ -97,10 +99,16 @@ async def upload_bag(
     node: NodeDep,
     limits: BagLimits,
     response: Response,
+    principal: PrincipalDep,
     collection: Annotated[str, Query(pattern=NAME_PATTERN, description="Collection name")],
     dataset: Annotated[str, Query(pattern=NAME_PATTERN, description="Dataset name")],
 ) -> BagImportPublic:
-    """Validate a bag strictly (bagit-python plus RFC 8493 checks) and ingest its payload."""
+    """Validate a bag strictly (bagit-python plus RFC 8493 checks) and ingest its payload.
+
+    Needs ``write`` on the collection (administrators may name a new one).
+    """
+    if not principal.is_admin:
+        principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
     scratch = node.settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="permafrost-upload-", dir=scratch) as folder:
@@ -114,7 +122,7 @@ async def upload_bag(
             dataset,
             limits=limits,
             tmp_dir=scratch,
-            agent="permafrost/api",
+            agent=f"permafrost/api ({principal.username})",
         )
         report = await anyio.to_thread.run_sync(run)
     if not report.created:
@@ -135,11 +143,8 @@ async def upload_bag(
     )
 
 
-def bags_router(*, require_auth: bool) -> APIRouter:
-    """The bags route under ``/api/v1``, behind the bearer token when the server has one."""
-    outer = APIRouter(
-        prefix=API_PREFIX,
-        dependencies=[Depends(require_token)] if require_auth else [],
-    )
+def bags_router() -> APIRouter:
+    """The bags route under ``/api/v1``."""
+    outer = APIRouter(prefix=API_PREFIX)
     outer.include_router(router)
     return outer

@@ -6,6 +6,11 @@ worker thread and pulls each chunk from the event loop as it needs it, so memory
 stays at a few chunks whatever the size, and a slow client only slows its own
 upload. Uploads take their threads from a limiter of their own, so many slow
 uploads cannot starve the thread pool that serves every other route.
+
+Only callers who may write to some collection upload. What the archive holds is
+answered per caller (:func:`archive.access.claimable_blobs`): content the caller
+cannot read is reported missing, so it must send the bytes (which proves it has
+them) before it can name them in a version.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Header, Request, Response, status
 
+from archive.access import Principal, claimable_blobs, grant_upload
 from archive.datasets import blobs_missing
+from archive.errors import Forbidden
+from archive.node import ArchiveNode
 from archive.upload import store_stream
+from web.auth import PrincipalDep
 from web.deps import BlobAddress, NodeDep, SessionDep
 from web.schemas import BlobPublic, BlobQuery, ErrorPublic, MissingPublic
 
@@ -33,9 +42,10 @@ PIECE = 1024 * 1024
 
 
 @router.post("/missing", response_model=MissingPublic)
-def find_missing(body: BlobQuery, session: SessionDep) -> MissingPublic:
+def find_missing(body: BlobQuery, session: SessionDep, principal: PrincipalDep) -> MissingPublic:
     """Which of these addresses the archive lacks: upload those, then commit."""
-    return MissingPublic(missing=blobs_missing(body.blobs, session=session))
+    _require_uploader(principal)
+    return MissingPublic(missing=_missing_for(principal, body.blobs, session))
 
 
 @router.head(
@@ -43,9 +53,25 @@ def find_missing(body: BlobQuery, session: SessionDep) -> MissingPublic:
     response_class=Response,
     responses={200: {"description": "Held"}, 404: {"description": "Not held"}},
 )
-def blob_held(b3: BlobAddress, session: SessionDep) -> Response:
-    held = not blobs_missing([b3], session=session)
+def blob_held(b3: BlobAddress, session: SessionDep, principal: PrincipalDep) -> Response:
+    _require_uploader(principal)
+    held = not _missing_for(principal, [b3], session)
     return Response(status_code=status.HTTP_200_OK if held else status.HTTP_404_NOT_FOUND)
+
+
+def _require_uploader(principal: Principal) -> None:
+    if not principal.may_upload:
+        raise Forbidden("uploading needs write permission on a collection")
+
+
+def _missing_for(principal: Principal, b3s: list[str], session: SessionDep) -> list[str]:
+    visible = claimable_blobs(principal, b3s, session=session)
+    return sorted(set(blobs_missing(b3s, session=session)) | (set(b3s) - visible))
+
+
+def _record_grant(node: ArchiveNode, principal: Principal, b3: str) -> None:
+    with node.session() as session:
+        grant_upload(principal, b3, session=session)
 
 
 def _chunks_from_loop(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
@@ -101,6 +127,7 @@ async def put_blob(
     request: Request,
     node: NodeDep,
     response: Response,
+    principal: PrincipalDep,
     sha256: Annotated[
         str | None,
         Header(
@@ -111,6 +138,7 @@ async def put_blob(
     ] = None,
 ) -> BlobPublic:
     """Store the body as the blob ``b3``: 201 if new, 200 if held; a wrong body keeps nothing."""
+    _require_uploader(principal)
     declared = request.headers.get("content-length")
     size = int(declared) if declared is not None and declared.isdigit() else None
     store = functools.partial(
@@ -122,6 +150,7 @@ async def put_blob(
         size=size,
     )
     digest, created = await anyio.to_thread.run_sync(store, limiter=upload_limiter(request))
+    await anyio.to_thread.run_sync(_record_grant, node, principal, digest.b3)
     if not created:
         response.status_code = status.HTTP_200_OK
     return BlobPublic(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
+from archive.catalog.models import Permission
 from archive.datasets import ensure_collection, get_collection, list_collections, list_datasets
-from archive.errors import NotFound
+from archive.errors import Forbidden, NotFound
+from web.auth import PrincipalDep
 from web.deps import CollectionName, NodeDep, SessionDep
 from web.schemas import CollectionCreate, CollectionDetailPublic, CollectionPublic, ErrorPublic
 
@@ -13,8 +15,10 @@ router = APIRouter(prefix="/collections", tags=["collections"])
 
 
 @router.get("", response_model=list[CollectionPublic])
-def read_collections(session: SessionDep) -> list[CollectionPublic]:
-    return [CollectionPublic.of(c) for c in list_collections(session=session)]
+def read_collections(session: SessionDep, principal: PrincipalDep) -> list[CollectionPublic]:
+    """The collections the caller may read."""
+    rows = list_collections(session=session)
+    return [CollectionPublic.of(c) for c in rows if principal.can(c.name, Permission.READ)]
 
 
 @router.post(
@@ -24,15 +28,20 @@ def read_collections(session: SessionDep) -> list[CollectionPublic]:
     responses={200: {"model": CollectionPublic, "description": "It existed already"}},
 )
 def create_collection(
-    body: CollectionCreate, node: NodeDep, response: Response
+    body: CollectionCreate, node: NodeDep, response: Response, principal: PrincipalDep
 ) -> CollectionPublic:
-    """Create a collection; creating one that exists answers 200 with it, unchanged."""
+    """Create a collection (administrators); one that exists answers 200, unchanged."""
     with node.session() as session:
         try:
             row = get_collection(body.name, session=session)
-            response.status_code = status.HTTP_200_OK
         except NotFound:
-            row = ensure_collection(body.name, session=session, title=body.title)
+            row = None
+        if row is not None and principal.can(body.name, Permission.READ):
+            response.status_code = status.HTTP_200_OK
+            return CollectionPublic.of(row)
+        if not principal.is_admin:  # the same answer whether or not it exists
+            raise Forbidden("only administrators create collections")
+        row = ensure_collection(body.name, session=session, title=body.title)
     return CollectionPublic.of(row)
 
 
@@ -41,6 +50,9 @@ def create_collection(
     response_model=CollectionDetailPublic,
     responses={404: {"model": ErrorPublic}},
 )
-def read_collection(collection: CollectionName, session: SessionDep) -> CollectionDetailPublic:
+def read_collection(
+    collection: CollectionName, session: SessionDep, principal: PrincipalDep
+) -> CollectionDetailPublic:
+    principal.require(collection, Permission.READ, what=f"collection {collection!r}")
     row = get_collection(collection, session=session)
     return CollectionDetailPublic.with_datasets(row, list_datasets(collection, session=session))

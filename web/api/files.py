@@ -17,10 +17,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Response, status
 from fastapi.responses import StreamingResponse
 
+from archive.access import Principal
+from archive.catalog.models import Permission
 from archive.datasets import EntryView, get_entry
 from archive.downloads import open_blob_stream
 from archive.errors import InvalidPath, NotFound
 from archive.paths import normalize_path
+from web.auth import PrincipalDep
 from web.deps import (
     CollectionName,
     DatasetName,
@@ -62,9 +65,15 @@ FilePath = Annotated[str, Path(description="Path of the file inside the version"
 
 
 def _find(
-    collection: str, dataset: str, version: str, path: str, session: SessionDep
+    collection: str,
+    dataset: str,
+    version: str,
+    path: str,
+    session: SessionDep,
+    principal: Principal,
 ) -> tuple[EntryView, dict[str, str]]:
     """The entry and the headers every answer about it carries."""
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     _, row = resolve_version(collection, dataset, version, session=session)
     assert row.id is not None
     try:
@@ -96,12 +105,13 @@ def download_file(
     path: FilePath,
     node: NodeDep,
     session: SessionDep,
+    principal: PrincipalDep,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The file's bytes; ``Range`` gives a part (206), ``If-None-Match`` a 304."""
-    entry, headers = _find(collection, dataset, version, path, session)
+    entry, headers = _find(collection, dataset, version, path, session, principal)
     if none_match(if_none_match, headers["ETag"]):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     headers |= _representation(entry)
@@ -137,10 +147,11 @@ def file_headers(
     version: VersionSelector,
     path: FilePath,
     session: SessionDep,
+    principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """What a GET would answer, without the body (size, ETag, digests)."""
-    entry, headers = _find(collection, dataset, version, path, session)
+    entry, headers = _find(collection, dataset, version, path, session, principal)
     if none_match(if_none_match, headers["ETag"]):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     headers |= _representation(entry)

@@ -17,12 +17,14 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from archive.catalog import models
+from archive.catalog.models import Permission, Role
 from archive.datasets import get_collection, get_dataset, get_version, parse_ref
 from archive.errors import ConfigError, InvalidInput
 from archive.policy import ReplicationPolicy, parse_policy
 from archive.replication import plan, targets_of
 from archive.restore import latest_ready_at, plan_restore, request_restore
 from archive.status import archive_status, version_status
+from web.auth import PrincipalDep
 from web.deps import CollectionName, DatasetName, NodeDep, SessionDep, VersionSelector
 from web.schemas import ErrorPublic
 
@@ -82,8 +84,12 @@ def _public(row: models.RestoreRequest, tiers: dict[int, str]) -> RestorePublic:
 
 
 @router.get("/status", response_model=dict[str, Any])
-def read_status(node: NodeDep, session: SessionDep) -> dict[str, Any]:
-    """Replicas by tier and state, queue depth, oldest pending work, datasets preserved."""
+def read_status(node: NodeDep, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Replicas by tier and state, queue depth, oldest pending work, datasets preserved.
+
+    The whole archive's state: for curators and administrators.
+    """
+    principal.require_role(Role.CURATOR, what="archive status")
     return archive_status(node, session=session)
 
 
@@ -98,8 +104,10 @@ def read_version_status(
     version: VersionSelector,
     node: NodeDep,
     session: SessionDep,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Copies per target tier for one version, e.g. ``hot 1/1, cold 0/1: copying``."""
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     row = get_version(
         get_dataset(collection, dataset, session=session),
         None if version == "latest" else int(version),
@@ -113,7 +121,10 @@ def read_version_status(
     response_model=PolicyPublic,
     responses={404: {"model": ErrorPublic}},
 )
-def read_policy(collection: CollectionName, node: NodeDep, session: SessionDep) -> PolicyPublic:
+def read_policy(
+    collection: CollectionName, node: NodeDep, session: SessionDep, principal: PrincipalDep
+) -> PolicyPublic:
+    principal.require(collection, Permission.READ, what=f"collection {collection!r}")
     row = get_collection(collection, session=session)
     return PolicyPublic(
         collection=collection,
@@ -129,10 +140,11 @@ def read_policy(collection: CollectionName, node: NodeDep, session: SessionDep) 
     responses={404: {"model": ErrorPublic}},
 )
 def update_policy(
-    collection: CollectionName, body: ReplicationPolicy, node: NodeDep
+    collection: CollectionName, body: ReplicationPolicy, node: NodeDep, principal: PrincipalDep
 ) -> PolicyPublic:
-    """Set the policy; missing copies are planned at once, extra ones are kept (never
-    dropped silently)."""
+    """Set the policy (``manage`` permission); missing copies are planned at once, extra
+    ones are kept (never dropped silently)."""
+    principal.require(collection, Permission.MANAGE, what=f"collection {collection!r}")
     parse_policy(json.loads(body.model_dump_json()), node.settings.policy)  # validates roles
     with node.session() as session:
         row = get_collection(collection, session=session)
@@ -149,15 +161,23 @@ def update_policy(
 
 @router.get("/restores", response_model=list[RestorePublic])
 def read_restores(
-    node: NodeDep, session: SessionDep, state: str | None = None, limit: int = 100
+    node: NodeDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    state: str | None = None,
+    limit: int = 100,
 ) -> list[RestorePublic]:
-    """Recent restore requests, newest first."""
+    """Recent restore requests of datasets the caller may read, newest first."""
     stmt = select(models.RestoreRequest).order_by(col(models.RestoreRequest.id).desc())
     if state is not None:
         stmt = stmt.where(models.RestoreRequest.state == state)
     tiers = {tid: name for name, tid in node.tier_ids(session=session).items()}
     rows = session.exec(stmt.limit(max(1, min(limit, 1000)))).all()
-    return [_public(r, tiers) for r in rows]
+    return [
+        _public(r, tiers)
+        for r in rows
+        if principal.can(r.dataset.split("/", 1)[0], Permission.READ)
+    ]
 
 
 @router.post(
@@ -168,9 +188,14 @@ def read_restores(
         404: {"model": ErrorPublic},
     },
 )
-def create_restore(body: RestoreCreate, node: NodeDep, response: Response) -> RestoreAnswer:
-    """Plan (and with ``confirm``, request) a restore of cold copies."""
+def create_restore(
+    body: RestoreCreate, node: NodeDep, response: Response, principal: PrincipalDep
+) -> RestoreAnswer:
+    """Plan (and with ``confirm``, request) a restore of cold copies (``read`` permission)."""
     ref = parse_ref(body.dataset)
+    principal.require(
+        ref.collection, Permission.READ, what=f"dataset {ref.collection}/{ref.dataset}"
+    )
     with node.session() as session:
         version = get_version(
             get_dataset(ref.collection, ref.dataset, session=session),
@@ -188,7 +213,7 @@ def create_restore(body: RestoreCreate, node: NodeDep, response: Response) -> Re
                 days=body.days,
                 dataset=str(ref),
                 path=body.path or "",
-                requested_by="api",
+                requested_by=principal.username,
             )
             tiers = {tid: name for name, tid in node.tier_ids(session=session).items()}
             answer.requests = [_public(r, tiers) for r in rows]

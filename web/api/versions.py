@@ -20,11 +20,14 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from archive.access import Principal, claimable_blobs
+from archive.catalog.models import Permission
 from archive.datasets import DatasetRef, NewEntry, commit_version
 from archive.entry_pages import entry_page
-from archive.errors import InvalidInput
+from archive.errors import InvalidInput, MissingBlobs
 from archive.node import ArchiveNode
 from archive.paths import MAX_PATH_BYTES, normalize_paths
+from web.auth import PrincipalDep
 from web.deps import (
     CollectionName,
     DatasetName,
@@ -53,8 +56,13 @@ MAX_PAGE = 1000
 
 @router.get("/{version}", response_model=VersionPublic, responses={404: {"model": ErrorPublic}})
 def read_version(
-    collection: CollectionName, dataset: DatasetName, version: VersionSelector, session: SessionDep
+    collection: CollectionName,
+    dataset: DatasetName,
+    version: VersionSelector,
+    session: SessionDep,
+    principal: PrincipalDep,
 ) -> VersionPublic:
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     _, row = resolve_version(collection, dataset, version, session=session)
     return VersionPublic.of(row)
 
@@ -69,6 +77,7 @@ def read_entries(
     dataset: DatasetName,
     version: VersionSelector,
     session: SessionDep,
+    principal: PrincipalDep,
     after: Annotated[
         Text | None,
         Query(max_length=MAX_PATH_BYTES, description="Start after this path (the `next` cursor)"),
@@ -79,6 +88,7 @@ def read_entries(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EntryPagePublic:
     """Entries in path order, ``limit`` at a time; follow ``next`` until it is null."""
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     _, row = resolve_version(collection, dataset, version, session=session)
     assert row.id is not None
     page = entry_page(row.id, session=session, after=after, prefix=prefix, limit=limit)
@@ -103,29 +113,41 @@ def create_version(
     body: VersionCreate,
     node: NodeDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> VersionPublic:
     """Commit the next version of a dataset (created with its collection if new).
 
     Paths must be relative, ``/``-separated and unique after NFC normalisation
     (422 says which and why); claimed SHA-256s and sizes must match the blobs.
+    Only administrators create collections this way; others need ``write`` on an
+    existing one, and may name only content they can read or have uploaded (else
+    409 lists it as missing).
     """
     raw = [(e.path, e.blake3, e.sha256, e.size) for e in body.entries]
-    return _commit(node, DatasetRef(collection, dataset), body, raw, response)
+    return _commit(node, principal, DatasetRef(collection, dataset), body, raw, response)
 
 
 def _commit(
     node: ArchiveNode,
+    principal: Principal,
     ref: DatasetRef,
     header: VersionHeader,
     raw: list[tuple[str, str, str | None, int | None]],
     response: Response,
 ) -> VersionPublic:
+    """The commit both forms share: permission, paths, content the caller may claim."""
+    if not principal.is_admin:
+        principal.require(ref.collection, Permission.WRITE, what=f"collection {ref.collection!r}")
     paths = normalize_paths(path for path, *_ in raw)
     entries = [
         NewEntry(path, b3, sha256, size)
         for path, (_, b3, sha256, size) in zip(paths, raw, strict=True)
     ]
     with node.session() as session:
+        wanted = [e.b3 for e in entries]
+        unclaimable = set(wanted) - claimable_blobs(principal, wanted, session=session)
+        if unclaimable:
+            raise MissingBlobs(sorted(unclaimable))
         result = commit_version(
             ref,
             entries,
@@ -134,7 +156,7 @@ def _commit(
             message=header.message,
             title=header.title,
             metadata=header.metadata,
-            agent="permafrost/api",
+            agent=f"permafrost/api ({principal.username})",
         )
     if not result.created:
         response.status_code = status.HTTP_200_OK
@@ -175,12 +197,15 @@ async def create_version_stream(
     request: Request,
     node: NodeDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> VersionPublic:
     """Commit the next version from NDJSON: a header line, then one entry per line.
 
     The same commit as ``POST .../versions``, for any number of entries: lines are
     validated as they arrive, and only the entries' digests are kept in memory.
     """
+    if not principal.is_admin:  # before a byte of the body is read
+        principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
     header: VersionHeader | None = None
     raw: list[tuple[str, str, str | None, int | None]] = []
     number = 0
@@ -205,7 +230,9 @@ async def create_version_stream(
     if header is None:
         raise InvalidInput("empty body: the first line must be the version header")
     ref = DatasetRef(collection, dataset)
-    result: VersionPublic = await run_in_threadpool(_commit, node, ref, header, raw, response)
+    result: VersionPublic = await run_in_threadpool(
+        _commit, node, principal, ref, header, raw, response
+    )
     return result
 
 
