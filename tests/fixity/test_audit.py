@@ -14,6 +14,7 @@ from pathlib import Path
 
 import blake3
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlmodel import col, select
 
 from archive.catalog import models
@@ -324,7 +325,10 @@ def test_cli_audit_run_status_events_and_api(tmp_path: Path) -> None:
         assert status_run.returncode == 1
         assert b3 in status_run.stdout and "lab/cli@v1" in status_run.stdout
 
-        with TestClient(create_app(settings)) as client:
+        guarded = settings.model_copy(update={"api_token": SecretStr("events-reader")})
+        with TestClient(create_app(guarded)) as client:
+            assert client.get("/api/v1/datasets/lab/cli/events").status_code == 401
+            client.headers["Authorization"] = "Bearer events-reader"
             answer = client.get("/api/v1/datasets/lab/cli/events")
             assert answer.status_code == 200
             assert any(e["type"] == "repair" and e["object_id"] == b3 for e in answer.json())

@@ -16,7 +16,7 @@ from archive.catalog import models
 from archive.client import ArchiveClient
 from archive.config import Settings
 from archive.node import ArchiveNode
-from tests.web.conftest import content
+from tests.web.conftest import ADMIN_TOKEN, content
 from tests.web.test_uploads import API, count, put
 from web.app import create_app
 
@@ -35,7 +35,7 @@ def test_client_commits_200000_entries_through_a_live_server(
     tmp_path: Path, live_server: Callable[[FastAPI], str]
 ) -> None:
     """The bulk-ingest story's 200,000 files in one version, streamed both ways."""
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)
     base = live_server(create_app(settings))
     blobs = [content(b"shared %d\n" % i) for i in range(3)]
     entries = [
@@ -47,7 +47,7 @@ def test_client_commits_200000_entries_through_a_live_server(
         }
         for i in range(200_000)
     ]
-    with ArchiveClient(base) as client:
+    with ArchiveClient(base, ADMIN_TOKEN) as client:
         for i, blob in enumerate(blobs):
             path = tmp_path / f"blob{i}"
             path.write_bytes(blob.data)

@@ -9,9 +9,11 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from archive.catalog.models import Permission
 from archive.datasets import get_dataset
 from archive.events import dataset_events, event_dict
 from fixity.status import render_metrics
+from web.auth import PrincipalDep
 from web.deps import CollectionName, DatasetName, NodeDep, SessionDep
 from web.schemas import ErrorPublic
 
@@ -39,10 +41,14 @@ class EventPublic(BaseModel):
     responses={404: {"model": ErrorPublic}},
 )
 def read_events(
-    collection: CollectionName, dataset: DatasetName, session: SessionDep
+    collection: CollectionName,
+    dataset: DatasetName,
+    session: SessionDep,
+    principal: PrincipalDep,
 ) -> list[EventPublic]:
     """Everything that happened to the dataset's versions, manifests and blobs, oldest
     first: ingestion, digests, replication, fixity checks, repairs, restores, deletions."""
+    principal.require(collection, Permission.READ, what=f"dataset {collection}/{dataset}")
     row = get_dataset(collection, dataset, session=session)
     return [EventPublic(**event_dict(e)) for e in dataset_events(row, session=session)]
 
