@@ -19,6 +19,7 @@ from archive.datasets import parse_ref
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.worker import Worker
+from fixity.audit import AuditOptions, Auditor
 from tests.support.accounts import PASSWORD, add_people, sign_in
 from tests.support.cold import cold_settings, lose_hot_copies
 from web.app import create_app
@@ -122,6 +123,19 @@ def test_the_dashboard_draws_storage_per_tier(
     assert "<svg" in page.text and "Stored bytes per tier" in page.text
     assert re.search(r"hot \(hot\)</text>\s*<rect[^>]*width=\"300", page.text)
     assert "lab/d" in page.text
+    # Audits: the one hot copy was proven at ingest, so it counts as verified in time.
+    assert re.search(r"<td>hot</td><td>1</td>\s*<td>1 \(100.0 %\)</td>", page.text)
+    assert "Every copy was verified within its tier's interval." in page.text
+    assert "lost" not in page.text
+
+    # Every copy of the blob rots: the next forced audit finds it lost, the page says so.
+    for tier in node.tiers.values():
+        for info in tier.list("blobs/"):
+            tier.delete(info.key)
+    Auditor(node, owner="test").audit_pass(AuditOptions(due_only=False, level="stored"))
+    page = client.get("/dashboard")
+    assert re.search(r"1 blob\(s\) lost</strong>\s*\(no good copy left\): lab/d@v1", page.text)
+    assert "Some copies are overdue or damaged" in page.text
 
 
 def test_a_cold_only_file_can_be_asked_back(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from archive.catalog.models import Role
 from archive.status import archive_status
 from archive.storage_stats import daily_events, tier_usage
+from fixity.status import audit_status
 from web.deps import NodeDep
 from web.portal.guard import PageUser
 from web.portal.rendering import render
@@ -24,6 +25,7 @@ def dashboard(request: Request, node: NodeDep, principal: PageUser) -> Response:
     principal.require_role(Role.CURATOR, what="page /dashboard")
     with node.session() as session:
         status = archive_status(node, session=session)
+        audits = audit_status(node, session=session)
         usage = tier_usage(session=session)
         days = daily_events(session=session)
     widest = max((u.stored_bytes for u in usage), default=0) or 1
@@ -33,6 +35,7 @@ def dashboard(request: Request, node: NodeDep, principal: PageUser) -> Response:
         "dashboard.html",
         principal,
         status=status,
+        audits=audits,
         usage=usage,
         widest=widest,
         days=days,
