@@ -105,9 +105,13 @@ def plan(node: ArchiveNode, *, session: Session, collection: str | None = None) 
                 insert.from_select(
                     ["blob_b3", "tier_id", "state", "key", "failures", "created_at", "updated_at"],
                     source,
-                ).on_conflict_do_nothing()
+                )
+                .on_conflict_do_nothing()
+                # Counted by RETURNING: psycopg reports rowcount -1 for INSERT ... SELECT
+                # ... ON CONFLICT, so the count was 0 on PostgreSQL (found by the test).
+                .returning(col(models.Replica.id))
             )
-            added += max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+            added += len(result.all())
     return added
 
 

@@ -107,3 +107,31 @@ def cli(tmp_path: Path) -> Cli:
     work = tmp_path / "work"
     work.mkdir()
     return Cli(work, env)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The catalog for a test that builds its own settings: the embedded SQLite default
+    (None), or a fresh PostgreSQL schema when the tests may use one."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_schema_url")
+        return url
+    return None
+
+
+@pytest.fixture
+def local_db_node(tmp_path: Path, database_url: str | None) -> Iterator[ArchiveNode]:
+    """Local hot and cold folders, on each catalog database in turn."""
+    data = tmp_path / "data"
+    node = ArchiveNode.open(
+        Settings(
+            data_dir=data,
+            database_url=database_url,
+            tiers={
+                "hot": LocalTierConfig(path=data / "tiers" / "hot", role="hot"),
+                "cold": LocalTierConfig(path=data / "tiers" / "cold", role="cold"),
+            },
+        )
+    )
+    yield node
+    node.close()

@@ -96,8 +96,8 @@ def test_policy_copies_are_made_proven_and_readable(node: ArchiveNode, tmp_path:
     }
 
 
-def test_a_damaged_source_never_becomes_a_copy(local_node: ArchiveNode, tmp_path: Path) -> None:
-    node = local_node
+def test_a_damaged_source_never_becomes_a_copy(local_db_node: ArchiveNode, tmp_path: Path) -> None:
+    node = local_db_node
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(2 * MiB)
@@ -156,7 +156,9 @@ def test_two_workers_on_sqlite_never_claim_the_same_row(
     assert len(set(every)) == len(every)  # ... and none twice
 
 
-def test_a_tier_that_goes_down_is_retried_and_completes(tmp_path: Path) -> None:
+def test_a_tier_that_goes_down_is_retried_and_completes(
+    tmp_path: Path, database_url: str | None
+) -> None:
     """The cold tier's S3 server stops mid-replication and comes back: no copy is lost,
     nothing is marked present that is not, and the hot tier is not held up."""
     server, ports = new_server()
@@ -169,6 +171,7 @@ def test_a_tier_that_goes_down_is_retried_and_completes(tmp_path: Path) -> None:
             "hot": LocalTierConfig(path=tmp_path / "data/hot", role="hot"),
             "cold": S3TierConfig(role="cold", **server.tier_settings(bucket)),
         },
+        database_url=database_url,
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
         cold_pack_below=0,
@@ -363,11 +366,14 @@ def test_target_tiers_follow_roles_names_and_regions() -> None:
         target_tiers(ReplicationPolicy(tiers=["nowhere"]), tiers)
 
 
-def test_policy_change_adds_copies_and_drops_only_when_asked(tmp_path: Path) -> None:
+def test_policy_change_adds_copies_and_drops_only_when_asked(
+    tmp_path: Path, database_url: str | None
+) -> None:
     data = tmp_path / "data"
     node = ArchiveNode.open(
         Settings(
             data_dir=data,
+            database_url=database_url,
             tiers={
                 "hot": LocalTierConfig(path=data / "hot", role="hot"),
                 "cold": LocalTierConfig(path=data / "cold", role="cold"),
@@ -411,11 +417,14 @@ def test_policy_change_adds_copies_and_drops_only_when_asked(tmp_path: Path) -> 
         node.close()
 
 
-def test_a_pack_still_holding_a_wanted_blob_is_kept(tmp_path: Path) -> None:
+def test_a_pack_still_holding_a_wanted_blob_is_kept(
+    tmp_path: Path, database_url: str | None
+) -> None:
     data = tmp_path / "data"
     node = ArchiveNode.open(
         Settings(
             data_dir=data,
+            database_url=database_url,
             tiers={
                 "hot": LocalTierConfig(path=data / "hot", role="hot"),
                 "cold": LocalTierConfig(path=data / "cold", role="cold"),

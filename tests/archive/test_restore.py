@@ -31,11 +31,14 @@ def _cold_only(node: ArchiveNode) -> None:
     shutil.rmtree(root / "packs", ignore_errors=True)
 
 
-def test_restore_through_the_cli_honours_the_delay(tmp_path: Path) -> None:
+def test_restore_through_the_cli_honours_the_delay(
+    tmp_path: Path, database_url: str | None
+) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "permafrost.toml").write_text(
-        '[tiers.hot]\nkind = "local"\npath = "permafrost-data/tiers/hot"\n'
+        (f'database_url = "{database_url}"\n' if database_url else "")
+        + '[tiers.hot]\nkind = "local"\npath = "permafrost-data/tiers/hot"\n'
         f'[tiers.cold]\nkind = "local-cold"\npath = "permafrost-data/tiers/cold"\n'
         f"restore_delay_seconds = {CLI_DELAY}\nprice_per_gib = 0.5\n"
     )
@@ -61,6 +64,7 @@ def test_restore_through_the_cli_honours_the_delay(tmp_path: Path) -> None:
     node = ArchiveNode.open(
         Settings(
             data_dir=work / "permafrost-data",
+            database_url=database_url,
             tiers={
                 "hot": LocalTierConfig(path=work / "permafrost-data/tiers/hot"),
                 "cold": LocalColdTierConfig(path=work / "permafrost-data/tiers/cold"),
@@ -90,9 +94,10 @@ def test_restore_through_the_cli_honours_the_delay(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cold_archive(tmp_path: Path) -> tuple[Settings, bytes]:
+def cold_archive(tmp_path: Path, database_url: str | None) -> tuple[Settings, bytes]:
     settings = Settings(
         data_dir=tmp_path / "data",
+        database_url=database_url,
         tiers={
             "hot": LocalTierConfig(path=tmp_path / "data/hot"),
             "cold": LocalColdTierConfig(
