@@ -189,36 +189,12 @@ class Repairer:
                 result = check(tier, target, Level.DEEP)
                 if result.is_damage:
                     result = check(tier, target, Level.DEEP)  # a fresh read before blaming it
-                self.event(
-                    EventType.FIXITY_CHECK,
-                    "blob",
-                    blob.b3,
-                    loc.tier,
-                    result.ok,
-                    {
-                        "key": loc.key,
-                        "level": "deep",
-                        "purpose": "repair source",
-                        **({"error": result.detail} if result.detail else {}),
-                    },
-                )
+                self._source_checked(blob.b3, loc, result)
                 if result.ok:
                     return loc
                 if result.finding == Finding.NEEDS_RESTORE and self._ask_restore(tier, loc.key):
                     result = check(tier, target, Level.DEEP)  # restored at once (local cold)
-                    self.event(
-                        EventType.FIXITY_CHECK,
-                        "blob",
-                        blob.b3,
-                        loc.tier,
-                        result.ok,
-                        {
-                            "key": loc.key,
-                            "level": "deep",
-                            "purpose": "repair source",
-                            **({"error": result.detail} if result.detail else {}),
-                        },
-                    )
+                    self._source_checked(blob.b3, loc, result)
                     if result.ok:
                         return loc
                 if result.is_damage:
@@ -259,6 +235,22 @@ class Repairer:
         if waiting:
             raise NoGoodSource(True, "; ".join(waiting))
         raise NoGoodSource(False, "no other copy passes an audit")
+
+    def _source_checked(self, b3: str, loc: Location, result: CheckResult) -> None:
+        """The event of one deep check of a would-be repair source."""
+        self.event(
+            EventType.FIXITY_CHECK,
+            "blob",
+            b3,
+            loc.tier,
+            result.ok,
+            {
+                "key": loc.key,
+                "level": "deep",
+                "purpose": "repair source",
+                **({"error": result.detail} if result.detail else {}),
+            },
+        )
 
     def _ask_restore(self, tier: Tier, key: str) -> bool:
         """Ask a cold tier to restore ``key``; whether it is readable right away."""
