@@ -11,14 +11,13 @@ first run pays for writing 100,000 files.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+from bench.datagen import DataSet, _build, _measure, _stamp_matches
 
 MiB = 1024 * 1024
 FORMAT = "permafrost-bench-replicate/1"
@@ -33,14 +32,6 @@ _WORDS = (
     b"alpha beta gamma delta sensor station probe sample batch flush index retry "
     b"commit queue cache warn error info temperature humidity pressure voltage"
 ).split()
-
-
-@dataclass(frozen=True)
-class DataSet:
-    name: str
-    root: Path
-    files: int
-    bytes: int
 
 
 class _Text:
@@ -67,35 +58,9 @@ class _Text:
         return b"".join(parts)[:size]
 
 
-def _stamp(root: Path) -> Path:
-    return root.with_name(root.name + ".params.json")
-
-
-def _measure(root: Path) -> DataSet:
-    files, size = 0, 0
-    for folder, _, names in os.walk(root):
-        for name in names:
-            files += 1
-            size += os.path.getsize(os.path.join(folder, name))
-    return DataSet(root.name, root, files, size)
-
-
 def _cached(root: Path, params: dict[str, object], fill: Callable[[Path], None]) -> DataSet:
     """The set at ``root`` if its stamp matches ``params``; else build it (atomically)."""
-    try:
-        if root.is_dir() and json.loads(_stamp(root).read_text()) == params:
-            return _measure(root)
-    except (OSError, ValueError):
-        pass
-    staging = root.with_name(root.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    _stamp(root).unlink(missing_ok=True)
-    fill(staging)
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
-    _stamp(root).write_text(json.dumps(params, sort_keys=True))
-    return _measure(root)
+    return _measure(root) if _stamp_matches(root, params) else _build(root, params, fill)
 
 
 def large_set(root: Path, size_mib: int, blob_mib: int = LARGE_FILE_MIB, seed: int = 11) -> DataSet:
