@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archive.datasets import NewEntry, commit_version, parse_ref
+from archive.datasets import NewEntry, commit_version, iter_entries, parse_ref
 from archive.errors import InvalidTree, MissingBlobs, UnsupportedFile
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
@@ -167,3 +167,30 @@ def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "secret.txt" in result.stdout and "not readable" in result.stdout
+
+
+def test_hard_links_are_two_entries_of_one_blob(local_node: ArchiveNode, tmp_path: Path) -> None:
+    src = tmp_path / "links"
+    (src / "a").mkdir(parents=True)
+    data = os.urandom(3 * 1024 * 1024)
+    (src / "a" / "original.bin").write_bytes(data)
+    os.link(src / "a" / "original.bin", src / "twin.bin")  # same inode, another name
+    report = ingest_tree(local_node, src, parse_ref("lab/links"))
+    assert (report.files, report.new_blobs, report.deduplicated) == (2, 1, 1)
+    with local_node.session() as session:
+        entries = {e.path: e.b3 for e in iter_entries(1, session=session)}
+    assert set(entries) == {"a/original.bin", "twin.bin"}
+    assert len(set(entries.values())) == 1
+
+
+def test_a_name_of_a_thousand_bytes(local_node: ArchiveNode, tmp_path: Path) -> None:
+    """Four 250-byte segments: 1,003 bytes in all, under the 2,048-byte path limit."""
+    src = tmp_path / "long"
+    deep = src.joinpath(*["é" * 125] * 3)  # 250 bytes of UTF-8 per segment
+    deep.mkdir(parents=True)
+    (deep / ("x" * 250)).write_bytes(b"far down\n")
+    report = ingest_tree(local_node, src, parse_ref("lab/long"))
+    assert report.files == 1
+    with local_node.session() as session:
+        (entry,) = list(iter_entries(1, session=session))
+    assert len(entry.path.encode()) == 1003

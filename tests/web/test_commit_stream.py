@@ -135,3 +135,22 @@ def test_stream_naming_a_missing_blob_is_409(client: TestClient, node: ArchiveNo
     assert response.status_code == 409
     assert response.json()["missing"] == [absent.b3]
     assert count(node, models.Version) == 0
+
+
+@pytest.mark.parametrize("media", ["application/json", "text/plain", None])
+def test_a_commit_in_the_wrong_media_type_is_refused(
+    client: TestClient, node: ArchiveNode, media: str | None
+) -> None:
+    held = content(b"held")
+    put(client, held)
+    body = ndjson({}, {"path": "a", "blake3": held.b3})
+    headers = {"Content-Type": media} if media else {}
+    streamed = client.post(STREAM, content=body, headers=headers)
+    assert streamed.status_code == 415, streamed.text
+    as_text = client.post(
+        f"{API}/datasets/lab/run1/versions",
+        content=json.dumps({"entries": [{"path": "a", "blake3": held.b3}]}),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert as_text.status_code == 422  # the JSON route takes JSON only
+    assert count(node, models.Version) == 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -163,6 +163,8 @@ def _commit(
     return VersionPublic.of(result.version)
 
 
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl"})
+
 _NDJSON_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -188,6 +190,7 @@ _NDJSON_BODY: dict[str, Any] = {
     responses={
         200: {"model": VersionPublic, "description": "Identical to the latest: nothing new"},
         409: {"model": ErrorPublic, "description": "Blobs not held (`missing` lists them)"},
+        415: {"model": ErrorPublic, "description": "The body is not NDJSON"},
         422: {"model": ErrorPublic, "description": "A line is not valid (`detail` says which)"},
     },
 )
@@ -206,6 +209,12 @@ async def create_version_stream(
     """
     if not principal.is_admin:  # before a byte of the body is read
         principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in NDJSON_TYPES:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"send NDJSON ({', '.join(sorted(NDJSON_TYPES))}), not {media or 'no type'}",
+        )
     header: VersionHeader | None = None
     raw: list[tuple[str, str, str | None, int | None]] = []
     number = 0
