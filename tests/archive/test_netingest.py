@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,6 +17,7 @@ from archive.config import Settings
 from archive.datasets import parse_ref
 from archive.errors import UnsupportedFile
 from archive.netingest import Journal, NetIngestReport, journal_path, network_ingest
+from tests.archive.conftest import Cli
 from tests.support.server import serve
 from web.app import create_app
 
@@ -221,23 +220,11 @@ def test_unreachable_server(tmp_path: Path, journal_dir: Path) -> None:
     assert failed.value.attempts == FAST.attempts and "ConnectError" in failed.value.last_error
 
 
-class Cli:
-    def __init__(self, tmp_path: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
-        self.env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # the journal goes there
-        self.cwd = tmp_path
-
-    def __call__(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "archive.cli", *args],
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == code, f"{result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
+def netingest_cli(tmp_path: Path) -> Cli:
+    """The CLI with no PERMAFROST_* settings and its resume journal under ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # the journal goes there
+    return Cli(tmp_path, env)
 
 
 def test_cli_ingest_to_a_server_as_a_user_runs_it(
@@ -246,7 +233,7 @@ def test_cli_ingest_to_a_server_as_a_user_runs_it(
     url = start_server(create_app(server_settings))
     root = tmp_path / "tree"
     files = make_tree(root)
-    cli = Cli(tmp_path)
+    cli = netingest_cli(tmp_path)
     args = ["ingest", str(root), "-C", "lab", "-D", "run", "--server", url]
 
     dry = cli(*args, "--dry-run", "--token", TOKEN)
@@ -270,7 +257,7 @@ def test_cli_ingest_to_a_server_as_a_user_runs_it(
 def test_cli_exits_1_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     make_tree(root)
-    failed = Cli(tmp_path)(
+    failed = netingest_cli(tmp_path)(
         "ingest", str(root), "-C", "lab", "-D", "run", "--server", "http://127.0.0.1:9", code=1
     )
     assert "did not answer after 6 attempt(s)" in failed.stderr

@@ -418,42 +418,29 @@ def test_policy_change_adds_copies_and_drops_only_when_asked(
 
 
 def test_a_pack_still_holding_a_wanted_blob_is_kept(
-    tmp_path: Path, database_url: str | None
+    local_db_node: ArchiveNode, tmp_path: Path
 ) -> None:
-    data = tmp_path / "data"
-    node = ArchiveNode.open(
-        Settings(
-            data_dir=data,
-            database_url=database_url,
-            tiers={
-                "hot": LocalTierConfig(path=data / "hot", role="hot"),
-                "cold": LocalTierConfig(path=data / "cold", role="cold"),
-            },
-        )
-    )
-    try:
-        make_tree(tmp_path / "a", small=2, seed=1)
-        make_tree(tmp_path / "b", small=2, seed=2)
-        ingest_tree(node, tmp_path / "a", parse_ref("lab/a"))
-        ingest_tree(node, tmp_path / "b", parse_ref("other/b"))
-        Worker(node).run_once()
-        cold_packs = [i.key for i in node.tiers["cold"].list("packs/") if i.key.endswith(".tar")]
-        assert len(cold_packs) == 1  # the small blobs of both collections, packed together
+    node = local_db_node
+    make_tree(tmp_path / "a", small=2, seed=1)
+    make_tree(tmp_path / "b", small=2, seed=2)
+    ingest_tree(node, tmp_path / "a", parse_ref("lab/a"))
+    ingest_tree(node, tmp_path / "b", parse_ref("other/b"))
+    Worker(node).run_once()
+    cold_packs = [i.key for i in node.tiers["cold"].list("packs/") if i.key.endswith(".tar")]
+    assert len(cold_packs) == 1  # the small blobs of both collections, packed together
 
-        def drop_cold(collection: str) -> list[tuple[str, str | None]]:
-            with node.session() as session:
-                coll = session.exec(
-                    select(models.Collection).where(models.Collection.name == collection)
-                ).one()
-                coll.policy = {"copies": {"hot": 1, "cold": 0}}
-                session.add(coll)
-                session.flush()
-                return [(c.key, c.pack_id) for c in extra_copies(node, session=session)]
+    def drop_cold(collection: str) -> list[tuple[str, str | None]]:
+        with node.session() as session:
+            coll = session.exec(
+                select(models.Collection).where(models.Collection.name == collection)
+            ).one()
+            coll.policy = {"copies": {"hot": 1, "cold": 0}}
+            session.add(coll)
+            session.flush()
+            return [(c.key, c.pack_id) for c in extra_copies(node, session=session)]
 
-        loose_only = drop_cold("other")
-        assert all(pack is None for _, pack in loose_only)  # lab/a still wants the pack
-        assert len(loose_only) == 1  # other/b's random.bin (text.csv is in lab/a too)
-        both = drop_cold("lab")
-        assert [key for key, pack in both if pack is not None] == cold_packs
-    finally:
-        node.close()
+    loose_only = drop_cold("other")
+    assert all(pack is None for _, pack in loose_only)  # lab/a still wants the pack
+    assert len(loose_only) == 1  # other/b's random.bin (text.csv is in lab/a too)
+    both = drop_cold("lab")
+    assert [key for key, pack in both if pack is not None] == cold_packs
