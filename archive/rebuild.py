@@ -33,11 +33,12 @@ import blake3
 import zstandard
 from sqlmodel import Session, func, select
 
+from archive.blobstore import adopt_existing
 from archive.catalog import models
 from archive.catalog.bulk import insert_all, insert_ignore
 from archive.catalog.models import Codec, EventOutcome, EventType, ReplicaState, utcnow
 from archive.encoding import BlobDigest
-from archive.errors import InvalidInput
+from archive.errors import BlobDigestMismatch, InvalidInput
 from archive.manifest import parse as parse_manifest
 from archive.node import ArchiveNode
 from archive.packs import PACK_FORMAT, blob_key, pack_index_key, pack_key
@@ -223,7 +224,18 @@ def _measure(data: bytes, codec: str, size: int) -> BlobDigest | None:
     )
 
 
+def _prove_loose(tier: Tier, b3: str, wanted: dict[str, tuple[str, int]]) -> BlobDigest | None:
+    """A loose blob, streamed and decoded in bounded memory (``adopt_existing`` proves
+    it hashes to its address); it must also carry the manifest's SHA-256 and size."""
+    try:
+        digest = adopt_existing(tier, b3)
+    except BlobDigestMismatch:
+        return None
+    return digest if (digest.sha256, digest.size) == wanted[b3] else None
+
+
 def _prove(data: bytes, b3: str, wanted: dict[str, tuple[str, int]]) -> BlobDigest | None:
+    """A pack member, already in memory (members are small: under ``pack_below``)."""
     sha256, size = wanted[b3]
     codecs = [Codec.ZSTD, Codec.RAW] if data[:4] == ZSTD_MAGIC else [Codec.RAW]
     for codec in codecs:
@@ -250,7 +262,7 @@ def _scan_tier(
             if info.key != blob_key(b3) or b3 not in wanted:
                 continue  # not a blob key, or content no manifest names
             if readable:
-                digest = _prove(_read_all(tier, info.key), b3, wanted)
+                digest = _prove_loose(tier, b3, wanted)
                 if digest is None:
                     report.unproven.append(f"{name}:{info.key}")
                     continue
