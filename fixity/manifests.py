@@ -13,7 +13,6 @@ claimed ``manifest_next_audit_at`` is the lease token (see ``fixity.schedule``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from archive.manifest import ManifestEntry, render
 from fixity.checks import CheckResult, Finding, Level, Target, event_detail
 from fixity.report import AuditReport, RepairOutcome
 from fixity.schedule import ManifestClaim, claim_manifests, next_after_audit
-from tiers import ObjectNotFound, TierError
+from tiers import TierError
 
 if TYPE_CHECKING:
     from fixity.audit import AuditOptions, Auditor
@@ -177,9 +176,7 @@ def _repair_manifest(
                     "(the dataset's metadata changed since)"
                 )
             else:
-                with contextlib.suppress(ObjectNotFound):
-                    tier.delete(version.manifest_key)
-                upload.promote(version.manifest_key, expect_b3=version.manifest_b3)
+                upload.promote(version.manifest_key, expect_b3=version.manifest_b3, replace=True)
                 ok = True
     except TierError as exc:
         detail = f"rewrite failed: {exc}"

@@ -8,14 +8,14 @@ from another copy that passes a fresh audit. When some member has no good copy
 anywhere, the pack cannot be rebuilt: the members that are good are salvaged as
 loose copies on the tier, and the others are reported lost.
 
-Known limit: the damaged object is deleted just before the rebuilt one is promoted
-(a tier key is write-once); a crash between the two leaves the copy missing, and the
-next repair rebuilds it from the other copies (the staged bytes are discarded).
+The rebuilt pack replaces the damaged object in one step (``promote(replace=True)``):
+a crash at any point leaves either the damaged pack, whose good members the next
+repair reads again, or the rebuilt one, never an empty key. (Deleting first would
+lose the members whose only good copy was the damaged pack itself.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from fixity.checks import Member, member_problem
 from fixity.errors import NoGoodSource
 from fixity.report import RepairOutcome
 from fixity.schedule import RepairClaim
-from tiers import ObjectExists, ObjectNotFound, Tier, TierError
+from tiers import ObjectExists, Tier, TierError
 
 if TYPE_CHECKING:
     from fixity.repair import Repairer
@@ -90,9 +90,7 @@ def repair_pack(
             upload.write(TAR_END)
             if upload.b3 != claim.pack_id:
                 raise TierError(f"rebuilt pack hashes to {upload.b3}", tier=tier_name)
-            with contextlib.suppress(ObjectNotFound):
-                tier.delete(claim.key)
-            upload.promote(claim.key, expect_b3=claim.pack_id)
+            upload.promote(claim.key, expect_b3=claim.pack_id, replace=True)
     except (TierError, OSError) as exc:
         return repairer.unrepaired(
             tier_name,

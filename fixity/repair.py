@@ -22,7 +22,6 @@ unreachable or need a restore is retried later: that is not loss.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +41,7 @@ from fixity.manifests import repair_manifests
 from fixity.rebuild import repair_pack
 from fixity.report import RepairOutcome
 from fixity.schedule import RepairClaim
-from tiers import ColdTier, ObjectNotFound, Tier, TierError
+from tiers import ColdTier, Tier, TierError
 
 AGENT = "permafrost/repair"
 LOST_RETRY = dt.timedelta(days=1)
@@ -147,13 +146,11 @@ class Repairer:
         except NoGoodSource as exc:
             return self.unrepaired(tier_name, claim, state, "blob", blob.b3, exc)
         try:
-            with contextlib.suppress(ObjectNotFound):
-                target_tier.delete(claim.key)
             src_tier = self.node.tiers[source.tier]
             with target_tier.begin_put() as upload:
                 for chunk in read_stored(src_tier, source):
                     upload.write(chunk)
-                upload.promote(claim.key, expect_b3=blob.stored_b3)
+                upload.promote(claim.key, expect_b3=blob.stored_b3, replace=True)
         except (TierError, OSError) as exc:
             return self.unrepaired(
                 tier_name, claim, state, "blob", blob.b3, NoGoodSource(True, f"copy failed: {exc}")

@@ -124,13 +124,20 @@ class Upload(Protocol):
 
     def write(self, data: bytes | memoryview) -> None: ...
 
-    def promote(self, key: str, *, expect_b3: str | None = None) -> ObjectInfo:
+    def promote(
+        self, key: str, *, expect_b3: str | None = None, replace: bool = False
+    ) -> ObjectInfo:
         """Make the staged bytes visible under ``key``, atomically and durably.
+
+        ``replace=True`` is for repair only: it swaps a damaged object for proven
+        bytes in one step (readers see the old object or the new one, never none),
+        so no crash can leave the key empty between a delete and a put.
 
         Raises:
             DigestMismatch: ``expect_b3`` is given and differs from :attr:`b3`;
                 nothing is promoted and the staged bytes are removed.
-            ObjectExists: ``key`` already holds an object; the staged bytes are removed.
+            ObjectExists: ``key`` already holds an object and ``replace`` is false;
+                the staged bytes are removed.
         """
         ...
 

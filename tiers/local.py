@@ -164,6 +164,10 @@ class LocalTier:
             if self.fsync:
                 _fsync_folder(path.parent)
 
+    def _object_changed(self, key: str) -> None:
+        """Hook: the object under ``key`` was replaced or deleted (a cold tier drops its
+        restore state: a new object starts unrestored, as on S3)."""
+
     def sweep_staging(self, older_than: dt.datetime) -> int:
         """Unlink files under ``.staging/`` last modified before ``older_than``."""
         cutoff = older_than.timestamp()
@@ -270,8 +274,11 @@ class LocalUpload:
             self._file.write(data)
         self._size += len(data)
 
-    def promote(self, key: str, *, expect_b3: str | None = None) -> ObjectInfo:
-        """Check the digest, then give the staged file its key, never replacing one.
+    def promote(
+        self, key: str, *, expect_b3: str | None = None, replace: bool = False
+    ) -> ObjectInfo:
+        """Check the digest, then give the staged file its key, never replacing one
+        (unless ``replace``: then ``os.replace`` swaps it in, in one step).
 
         ``os.link(staged, final)`` is the no-clobber form of ``os.replace``: it makes
         the complete file appear under its final name in one step, and fails with
@@ -301,7 +308,11 @@ class LocalUpload:
                     os.fsync(self._file.fileno())
                 self._file.close()
                 created = tier._make_folders(final.parent, key)
-                self._link(final, key)
+                if replace:
+                    os.replace(self._staged, final)
+                    tier._object_changed(key)
+                else:
+                    self._link(final, key)
                 if tier.fsync:
                     for folder in {final.parent, *(path.parent for path in created)}:
                         _fsync_folder(folder)

@@ -126,6 +126,10 @@ class LocalColdTier(LocalTier):
     def delete(self, key: str) -> None:
         """Remove ``key`` and its restore state (a new object there starts unrestored)."""
         super().delete(key)
+        self._object_changed(key)
+
+    def _object_changed(self, key: str) -> None:
+        """A replaced or deleted object's restore state goes with it."""
         with self._os_errors(key), contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self._state_path(key).unlink()
 

@@ -104,8 +104,12 @@ class S3Upload:
             )
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum})
 
-    def promote(self, key: str, *, expect_b3: str | None = None) -> ObjectInfo:
-        """Verify BLAKE3, then make the object visible under ``key`` without replacing one.
+    def promote(
+        self, key: str, *, expect_b3: str | None = None, replace: bool = False
+    ) -> ObjectInfo:
+        """Verify BLAKE3, then make the object visible under ``key`` without replacing one
+        (unless ``replace``: the requests then carry no ``If-None-Match``, and S3
+        swaps the object in one step).
 
         Promote is final: afterwards the staged bytes (buffer, multipart upload or
         staging object) are gone, whether it returned or raised.
@@ -123,7 +127,7 @@ class S3Upload:
             if expect_b3 is not None and expect_b3.lower() != found:
                 raise DigestMismatch(key, "blake3", expect_b3, found, tier=tier.name)
             if self._upload_id is None:
-                return self._put_whole(key, found)
+                return self._put_whole(key, found, replace)
             if self._buffer or not self._parts:
                 self._send_part(len(self._buffer))
             with tier._errors(key):
@@ -134,22 +138,24 @@ class S3Upload:
                     MultipartUpload={"Parts": self._parts},
                 )
             self._upload_id, self._staged_object = None, True
-            _copy_into_place(tier, self._staging_key, key, self._size)
+            _copy_into_place(tier, self._staging_key, key, self._size, replace=replace)
             return dataclasses.replace(tier.stat(key), b3=found)
         finally:
             self.abort()
 
-    def _put_whole(self, key: str, found: str) -> ObjectInfo:
-        """One ``PutObject``: conditional, with the SHA-256 the store verifies."""
+    def _put_whole(self, key: str, found: str, replace: bool) -> ObjectInfo:
+        """One ``PutObject``: conditional unless ``replace``, with the SHA-256 the store
+        verifies."""
         tier = self._tier
         body, self._buffer = bytes(self._buffer), bytearray()
         extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
+        if not replace:
+            extra["IfNoneMatch"] = "*"
         with tier._errors(key):
             sent = tier.client.put_object(
                 Bucket=tier.bucket,
                 Key=tier.prefix + key,
                 Body=body,
-                IfNoneMatch="*",
                 ChecksumSHA256=_sha256_b64(body),
                 **extra,
             )
@@ -189,8 +195,11 @@ class S3Upload:
         self.abort()
 
 
-def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
-    """Server-side copy of ``source`` to ``key``, refusing to replace an object.
+def _copy_into_place(
+    tier: S3Tier, source: str, key: str, size: int, *, replace: bool = False
+) -> None:
+    """Server-side copy of ``source`` to ``key``, refusing to replace an object
+    (unless ``replace``).
 
     ``CopyObject`` with ``If-None-Match: *`` where the store accepts it. A store
     that answers NotImplemented gets HeadObject then CopyObject instead: two
@@ -198,7 +207,7 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
     replacing the earlier. For content-addressed keys both wrote the same bytes.
     """
     if size > tier._copy_limit:
-        _copy_in_parts(tier, source, key, size)
+        _copy_in_parts(tier, source, key, size, replace=replace)
         return
     extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
     request: dict[str, Any] = dict(
@@ -208,6 +217,10 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
         MetadataDirective="COPY",
         **extra,
     )
+    if replace:
+        with tier._errors(key):
+            tier.client.copy_object(**request)
+        return
     if tier._conditional_copy:
         try:
             with tier._errors(key):
@@ -224,8 +237,9 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
         tier.client.copy_object(**request)
 
 
-def _copy_in_parts(tier: S3Tier, source: str, key: str, size: int) -> None:
-    """``UploadPartCopy`` into a new multipart upload, completed with ``If-None-Match``."""
+def _copy_in_parts(tier: S3Tier, source: str, key: str, size: int, *, replace: bool) -> None:
+    """``UploadPartCopy`` into a new multipart upload, completed with ``If-None-Match``
+    (without it when ``replace``)."""
     part_size = max(tier._copy_part_size, -(-size // MAX_PARTS))
     extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
     target = tier.prefix + key
@@ -247,13 +261,14 @@ def _copy_in_parts(tier: S3Tier, source: str, key: str, size: int) -> None:
                     CopySourceRange=f"bytes={start}-{end}",
                 )
             parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        condition: dict[str, Any] = {} if replace else {"IfNoneMatch": "*"}
         with tier._errors(key):
             tier.client.complete_multipart_upload(
                 Bucket=tier.bucket,
                 Key=target,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
+                **condition,
             )
     except BaseException:
         _abort_quietly(tier, target, upload_id)

@@ -321,6 +321,29 @@ class TierConformance:
         assert self.staged_leftovers(tier) == []
 
     @pytest.mark.parametrize("size", SIZES)
+    def test_replace_swaps_in_proven_bytes(self, tier: Tier, size: str) -> None:
+        """Repair's promote: the damaged object is swapped for the proven bytes in one
+        step; a digest mismatch leaves the old object as it was."""
+        damaged, good = self.payload(size), self.payload(size)
+        put_bytes(tier, "packs/p.tar", damaged)
+        with tier.begin_put() as upload:
+            upload.write(b"not the proven bytes")
+            with pytest.raises(DigestMismatch):
+                upload.promote("packs/p.tar", expect_b3=b3(good), replace=True)
+        assert read(tier, "packs/p.tar") == damaged
+        with tier.begin_put() as upload:
+            upload.write(good)
+            info = upload.promote("packs/p.tar", expect_b3=b3(good), replace=True)
+        assert info.size == len(good)
+        assert read(tier, "packs/p.tar") == good
+        with tier.begin_put() as upload:  # replace of an absent key simply creates it
+            upload.write(good)
+            upload.promote("packs/q.tar", expect_b3=b3(good), replace=True)
+        assert read(tier, "packs/q.tar") == good
+        assert keys(tier, "packs/") == ["packs/p.tar", "packs/q.tar"]
+        assert self.staged_leftovers(tier) == []
+
+    @pytest.mark.parametrize("size", SIZES)
     def test_digest_mismatch_promotes_nothing(self, tier: Tier, size: str) -> None:
         data = self.payload(size)
         wrong = b3(b"something else")

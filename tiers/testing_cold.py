@@ -154,3 +154,18 @@ class ColdTierConformance:
         cold_tier.restore("k", days=1)
         self.wait_until_ready(cold_tier, "k")
         assert _read(cold_tier, "k") == b"new"
+
+    def test_a_replaced_object_starts_unrestored(self, cold_tier: ColdTier) -> None:
+        """Repair's ``promote(replace=True)`` makes a new object, as S3 does."""
+        cold_tier.put("k", io.BytesIO(b"damaged"))
+        cold_tier.restore("k", days=1)
+        self.wait_until_ready(cold_tier, "k")
+        with cold_tier.begin_put() as upload:
+            upload.write(b"repaired")
+            assert upload.promote("k", replace=True).size == len(b"repaired")
+        assert cold_tier.restore_status("k").status == "not-started"
+        with pytest.raises(NeedsRestore):
+            _read(cold_tier, "k")
+        cold_tier.restore("k", days=1)
+        self.wait_until_ready(cold_tier, "k")
+        assert _read(cold_tier, "k") == b"repaired"

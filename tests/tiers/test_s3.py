@@ -193,10 +193,10 @@ def test_staging_objects_are_never_listed(tier: S3Tier) -> None:
     assert [info.key for info in tier.list(".")] == []
 
 
-def promote_over(tier: S3Tier, key: str, data: bytes) -> None:
+def promote_over(tier: S3Tier, key: str, data: bytes, *, replace: bool = False) -> None:
     with tier.begin_put() as upload:
         upload.write(data)
-        upload.promote(key)
+        upload.promote(key, replace=replace)
 
 
 def test_copy_in_parts_above_the_copy_limit(tier: S3Tier) -> None:
@@ -208,6 +208,9 @@ def test_copy_in_parts_above_the_copy_limit(tier: S3Tier) -> None:
     with pytest.raises(ObjectExists):
         promote_over(tier, "packs/huge.tar", random.randbytes(12 * MiB))
     assert read(tier, "packs/huge.tar") == data
+    rebuilt = random.randbytes(12 * MiB)  # repair's promote replaces, through the same path
+    promote_over(tier, "packs/huge.tar", rebuilt, replace=True)
+    assert read(tier, "packs/huge.tar") == rebuilt
     assert staged_in(tier) == []
 
 
