@@ -123,7 +123,8 @@ class AuditPolicy(BaseModel):
     deep_every: int = Field(default=4, ge=0)
     """Every Nth audit of a copy is deep instead of ``level`` (0: never)."""
     bytes_per_second: float = Field(default=0.0, ge=0)
-    """Read rate limit of audits on this tier, per worker (0: unlimited)."""
+    """Read rate limit of audits on this tier, shared by every worker auditing it at
+    the time (0: unlimited)."""
     restore_budget_bytes: int = Field(default=0, ge=0)
     """Cold tiers: bytes that sampled stored/deep audits may restore per interval."""
 

@@ -34,6 +34,7 @@ from fixity.ratelimit import ByteRate
 from fixity.report import AuditReport, record_daily_summary
 from fixity.schedule import (
     AuditClaim,
+    auditors_of,
     claim_due,
     claim_sample,
     next_after_audit,
@@ -98,6 +99,13 @@ class Auditor:
             rate = self._rates.setdefault(tier, ByteRate(self.policy(tier).bytes_per_second))
         return rate
 
+    def _share_rate(self, tier: str, tier_id: int, *, session: Session, now: dt.datetime) -> None:
+        """This worker's part of the tier's budget: the whole, split evenly among the
+        workers holding audit leases on it now (counted after each claim)."""
+        total = self.policy(tier).bytes_per_second
+        if total > 0:
+            self.rate(tier).rate = total / auditors_of(session, tier_id, now, self.lease)
+
     # -- one pass ----------------------------------------------------------------------
     def audit_pass(self, options: AuditOptions | None = None) -> AuditReport:
         opts = options or AuditOptions()
@@ -116,15 +124,17 @@ class Auditor:
                 continue
             limit = self.node.settings.audit_batch if left is None else left
             with self.node.session() as session:
+                claimed_at = utcnow()
                 claims = claim_due(
                     session=session,
                     owner=self.owner,
                     tier_ids=[ids[tier]],
                     limit=limit,
-                    now=utcnow(),
+                    now=claimed_at,
                     lease=self.lease,
                     due=opts.due_only,
                 )
+                self._share_rate(tier, ids[tier], session=session, now=claimed_at)
             done = self._audit_claims(tier, claims, opts, report, sampled=False)
             if left is not None:
                 left -= done

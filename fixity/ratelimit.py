@@ -1,8 +1,9 @@
 """A bytes-per-second budget for audit reads, one per tier, so audits never starve ingest.
 
 A token bucket (one second of burst): a reader asks for ``n`` bytes after reading
-them and sleeps for as long as it ran ahead of the rate. The budget is per worker
-process; N workers auditing one tier together read at most N times the rate.
+them and sleeps for as long as it ran ahead of the rate. One bucket serves every
+audit thread of a process; across processes the tier's budget is split by
+:func:`fixity.schedule.auditors_of` (N workers auditing one tier each get 1/N).
 """
 
 from __future__ import annotations

@@ -182,6 +182,27 @@ def claim_due(
     return _take(session, stmt, owner=owner, lease_until=now + lease, now=now)
 
 
+def auditors_of(session: Session, tier_id: int, now: dt.datetime, lease: dt.timedelta) -> int:
+    """How many workers hold audit leases on this tier now (at least 1).
+
+    A lease taken by :func:`claim_due` pushes ``next_audit_at`` to its end, so the
+    leased rows are the present ones due in ``(now, now + lease]``: a range of the
+    ``(state, next_audit_at)`` index, not a scan of the tier. Rows merely due in
+    that window carry no unexpired lease and do not count.
+    """
+    R = models.Replica
+    found = session.execute(
+        sa.select(sa.func.count(sa.distinct(col(R.lease_owner)))).where(
+            col(R.state) == ReplicaState.PRESENT,
+            col(R.next_audit_at) > now,
+            col(R.next_audit_at) <= now + lease,
+            col(R.tier_id) == tier_id,
+            col(R.lease_expires_at) > now,
+        )
+    ).scalar_one()
+    return max(1, int(found))
+
+
 def claim_sample(
     *,
     session: Session,

@@ -28,7 +28,7 @@ from archive.worker import Worker
 from fixity.audit import AuditOptions, Auditor
 from fixity.ratelimit import ByteRate
 from fixity.report import daily_summary, record_daily_summary
-from fixity.schedule import spread
+from fixity.schedule import claim_due, spread
 from fixity.status import audit_status
 from tests.fixity.faults import Raw
 from tests.support.s3server import new_server, run_seaweedfs
@@ -74,6 +74,56 @@ def test_rate_limit_sleeps_for_what_was_read_ahead() -> None:
     for _ in range(5):
         rate.spend(1000)
     assert round(sum(slept), 6) == 4.0  # 5,000 bytes at 1,000/s, after one second of burst
+
+
+def test_workers_auditing_one_tier_share_its_read_budget(tmp_path: Path) -> None:
+    """Three workers on one tier: each reads at a third of the tier's rate while the
+    others hold leases, and at the whole rate once it audits alone."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={"hot": LocalTierConfig(path=tmp_path / "hot", role="hot")},
+        audit={"hot": AuditPolicy(level="stored", deep_every=0, bytes_per_second=900 * MiB)},
+        audit_batch=2,
+    )
+    node = ArchiveNode.open(settings)
+    try:
+        (tmp_path / "src").mkdir()
+        for i in range(6):  # six loose copies: two leased by each worker
+            (tmp_path / "src" / f"{i}.bin").write_bytes(random.randbytes(2 * MiB))
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/rate"))
+        with node.session() as session:
+            hot_id = node.tier_ids(session=session)["hot"]
+            rows = session.exec(select(models.Replica)).all()
+            for r in rows:
+                r.next_audit_at = utcnow() - dt.timedelta(seconds=1)
+                session.add(r)
+        others = [Auditor(node, owner=name) for name in ("w1", "w2")]
+        for other in others:  # two workers mid-batch: they hold leases on two copies each
+            with node.session() as session:
+                claims = claim_due(
+                    session=session,
+                    owner=other.owner,
+                    tier_ids=[hot_id],
+                    limit=2,
+                    now=utcnow(),
+                    lease=other.lease,
+                )
+            assert len(claims) == 2
+        third = Auditor(node, owner="w3")
+        report = third.audit_pass(AuditOptions(limit=2))
+        assert report.checked == 2 and report.clean
+        assert third.rate("hot").rate == 300 * MiB
+        with node.session() as session:  # the others finish; their leases end
+            for r in session.exec(select(models.Replica)).all():
+                if r.lease_owner in ("w1", "w2"):
+                    r.lease_owner, r.lease_expires_at = None, None
+                    r.next_audit_at = utcnow() - dt.timedelta(seconds=1)
+                    session.add(r)
+        alone = third.audit_pass(AuditOptions(limit=2))
+        assert alone.checked == 2
+        assert third.rate("hot").rate == 900 * MiB
+    finally:
+        node.close()
 
 
 def test_audits_come_due_and_are_claimed_once(tmp_path: Path) -> None:
