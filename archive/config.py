@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     replicate_threads: int = Field(default=2, ge=1, le=64)
     """Loose copies one worker makes at once (each streams one blob; memory is per copy)."""
     worker_poll_seconds: float = Field(default=2.0, gt=0)
+    plan_full_every_seconds: float = Field(default=3600.0, gt=0)
+    """The worker's plan loop looks at versions created since its last pass (with a
+    margin of ``lease_seconds``); every this many seconds, and when it starts, it
+    looks at every entry, which also covers a version whose commit took longer."""
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
     audit: dict[str, AuditPolicy] = Field(default_factory=dict)

@@ -294,7 +294,7 @@ def ingest_tree(
                     agent=agent,
                 )
                 version_number = result.version.number
-                plan(node, session=session, collection=ref.collection)
+                plan(node, session=session, collection=ref.collection, version_id=result.version.id)
             break
         except sa.exc.IntegrityError:
             if attempt == 2:

@@ -16,6 +16,7 @@ many and a million small files do not become a million cold objects.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,11 +60,21 @@ def _blob_key_sql(b3: Any) -> Any:
     )
 
 
-def plan(node: ArchiveNode, *, session: Session, collection: str | None = None) -> int:
+def plan(
+    node: ArchiveNode,
+    *,
+    session: Session,
+    collection: str | None = None,
+    version_id: int | None = None,
+    since: dt.datetime | None = None,
+) -> int:
     """Add a ``pending`` replica for every blob lacking a copy on a target tier.
 
     Returns how many rows were added. Idempotent: a blob that has a replica row on
     the tier in any state, or sits in a pack with a replica there, is left alone.
+    By default every entry of the archive (or of ``collection``) is considered; an
+    ingest passes its new ``version_id``, and the worker passes ``since`` (versions
+    created from then on), so planning costs what is new, not the whole archive.
     """
     tier_ids = node.tier_ids(session=session)
     stmt = select(models.Collection)
@@ -100,6 +111,10 @@ def plan(node: ArchiveNode, *, session: Session, collection: str | None = None) 
                 .where(col(dataset.collection_id) == coll.id, ~loose, ~packed)
                 .distinct()
             )
+            if version_id is not None:
+                source = source.where(col(version.id) == version_id)
+            if since is not None:
+                source = source.where(col(version.created_at) >= since)
             insert = dialect_insert(session, models.Replica)
             result = session.execute(
                 insert.from_select(

@@ -92,6 +92,8 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop = threading.Event()
         self._tier_wait: dict[str, float] = {}
+        self._planned_since: dt.datetime | None = None
+        self._last_full_plan = 0.0
         settings = node.settings
         self.lease = dt.timedelta(seconds=settings.lease_seconds)
 
@@ -143,8 +145,19 @@ class Worker:
 
     # -- plan ----------------------------------------------------------------------
     def plan_once(self) -> int:
+        """Queue copies for what was committed since the last pass; everything at start
+        and every ``plan_full_every_seconds`` (see that setting)."""
+        settings = self.node.settings
+        clock, started = time.monotonic(), utcnow()
+        full = self._planned_since is None or (
+            clock - self._last_full_plan >= settings.plan_full_every_seconds
+        )
         with self.node.session() as session:
-            return plan(self.node, session=session)
+            added = plan(self.node, session=session, since=None if full else self._planned_since)
+        self._planned_since = started - dt.timedelta(seconds=settings.lease_seconds)
+        if full:
+            self._last_full_plan = clock
+        return added
 
     # -- replicate -------------------------------------------------------------------
     def _claim(self, *, small: bool, limit: int) -> list[tuple[int, str, int, int]]:

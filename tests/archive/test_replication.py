@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import signal
@@ -444,3 +445,65 @@ def test_a_pack_still_holding_a_wanted_blob_is_kept(
     assert len(loose_only) == 1  # other/b's random.bin (text.csv is in lab/a too)
     both = drop_cold("lab")
     assert [key for key, pack in both if pack is not None] == cold_packs
+
+
+def test_planning_costs_what_is_new(local_db_node: ArchiveNode, tmp_path: Path) -> None:
+    """An ingest queues its own version's copies; the worker's plan looks at versions
+    created since its last pass, and at everything when it starts or its full-sweep
+    interval has passed."""
+    node = local_db_node
+    make_tree(tmp_path / "v1", small=3, seed=1)
+    make_tree(tmp_path / "v2", small=3, seed=2)
+    first = ingest_tree(node, tmp_path / "v1", parse_ref("lab/a"))
+    assert states(node) == {("hot", "present"): 3, ("cold", "pending"): 5}  # 3 loose, 1 pack
+
+    def forget_pending() -> None:  # as if the planner had not seen these versions
+        with node.session() as session:
+            for row in session.exec(
+                select(models.Replica).where(models.Replica.state == ReplicaState.PENDING)
+            ):
+                session.delete(row)
+
+    def age_versions() -> None:  # created long before the worker's last pass
+        with node.session() as session:
+            for version in session.exec(select(models.Version)):
+                version.created_at = version.created_at - dt.timedelta(days=1)
+                session.add(version)
+
+    forget_pending()
+    worker = Worker(node, loops=["plan"])
+    assert worker.plan_once() == 5  # its first pass looks at everything
+    forget_pending()
+    age_versions()
+    assert worker.plan_once() == 0  # later passes: only what is new
+    second = ingest_tree(node, tmp_path / "v2", parse_ref("lab/b"))
+    with node.session() as session:  # the ingest planned only its own version
+        planned = session.exec(
+            select(models.Replica).where(models.Replica.state == ReplicaState.PENDING)
+        ).all()
+    assert {r.blob_b3 for r in planned if r.blob_b3} == set(
+        version_blobs(node, "b", second.version)
+    )
+    forget_pending()
+    assert worker.plan_once() == 5  # lab/b is new to the worker: queued again
+    node.settings.plan_full_every_seconds = 1e-6
+    old, new = set(version_blobs(node, "a", first.version)), set(version_blobs(node, "b", 1))
+    assert worker.plan_once() == len(old - new) > 0  # the full sweep finds lab/a's too
+    with node.session() as session:
+        pending = session.exec(
+            select(models.Replica.blob_b3).where(models.Replica.state == ReplicaState.PENDING)
+        ).all()
+    assert sorted(pending) == sorted(old | new)
+
+
+def version_blobs(node: ArchiveNode, dataset: str, number: int) -> list[str]:
+    E, V, D = models.Entry, models.Version, models.Dataset
+    with node.session() as session:
+        return list(
+            session.exec(
+                select(E.blob_b3)
+                .join(V, col(V.id) == col(E.version_id))
+                .join(D, col(D.id) == col(V.dataset_id))
+                .where(D.name == dataset, V.number == number)
+            )
+        )
