@@ -138,9 +138,14 @@ def claimable_blobs(principal: Principal, b3s: Sequence[str], *, session: Sessio
     return found
 
 
+def needs_grant(principal: Principal) -> bool:
+    """Whether :func:`grant_upload` records anything for this caller."""
+    return principal.user_id is not None and not principal.sees_everything
+
+
 def grant_upload(principal: Principal, b3: str, *, session: Session) -> None:
     """Remember that the caller sent ``b3``'s bytes (the server checked them)."""
-    if principal.user_id is None or principal.sees_everything:
+    if not needs_grant(principal) or principal.user_id is None:  # (the second: for mypy)
         return
     if session.get(models.UploadGrant, (principal.user_id, b3)) is None:
         session.add(models.UploadGrant(user_id=principal.user_id, blob_b3=b3))

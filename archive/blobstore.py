@@ -12,7 +12,10 @@ a pack is swept by ``permafrost gc``.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import weakref
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,14 +116,78 @@ def _replica_row(tier_id: int, key: str, now: dt.datetime, **target: str) -> dic
 
 
 def record_loose(digest: BlobDigest, *, tier: str, tier_id: int, session: Session) -> None:
+    record_loose_many([digest], tier=tier, tier_id=tier_id, session=session)
+
+
+def record_loose_many(
+    digests: list[BlobDigest], *, tier: str, tier_id: int, session: Session
+) -> None:
     now = utcnow()
-    insert_ignore(session, models.Blob, _blob_rows([digest], now))
+    insert_ignore(session, models.Blob, _blob_rows(digests, now))
     insert_ignore(
         session,
         models.Replica,
-        [_replica_row(tier_id, blob_key(digest.b3), now, blob_b3=digest.b3)],
+        [_replica_row(tier_id, blob_key(d.b3), now, blob_b3=d.b3) for d in digests],
     )
-    insert_ignore(session, models.Event, _digest_events([digest], tier, now))
+    insert_ignore(session, models.Event, _digest_events(digests, tier, now))
+
+
+class GroupRecorder:
+    """Records promoted loose blobs for concurrent writers, several per transaction.
+
+    Each caller queues its blob and returns once a committed transaction holds it.
+    Whoever takes the commit lock records everything queued so far (group commit),
+    so a burst of uploads costs one transaction (one WAL fsync on SQLite) instead of
+    one each, and threads wait on a Python lock instead of in SQLite's busy handler,
+    which sleeps up to 100 ms between tries however soon the lock is free.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._queue: list[tuple[BlobDigest, str, int, Future[None]]] = []
+        self._queued = threading.Lock()
+        self._committing = threading.Lock()
+
+    def record(self, digest: BlobDigest, *, tier: str, tier_id: int) -> None:
+        done: Future[None] = Future()
+        with self._queued:
+            self._queue.append((digest, tier, tier_id, done))
+        with self._committing:
+            with self._queued:
+                batch, self._queue = self._queue, []
+            if batch:
+                self._commit(batch)
+        done.result()  # raises what the transaction that held it raised
+
+    def _commit(self, batch: list[tuple[BlobDigest, str, int, Future[None]]]) -> None:
+        by_tier: dict[tuple[str, int], list[BlobDigest]] = {}
+        for digest, tier, tier_id, _ in batch:
+            by_tier.setdefault((tier, tier_id), []).append(digest)
+        try:
+            with session_scope(self._engine) as session:
+                for (tier, tier_id), digests in by_tier.items():
+                    record_loose_many(digests, tier=tier, tier_id=tier_id, session=session)
+        except BaseException as exc:
+            for *_, done in batch:
+                done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for *_, done in batch:
+                done.set_result(None)
+
+
+_recorders: weakref.WeakKeyDictionary[sa.Engine, GroupRecorder] = weakref.WeakKeyDictionary()
+_recorders_lock = threading.Lock()
+
+
+def recorder_for(engine: sa.Engine) -> GroupRecorder:
+    """The one :class:`GroupRecorder` of this process for ``engine``'s catalog."""
+    with _recorders_lock:
+        recorder = _recorders.get(engine)
+        if recorder is None:
+            recorder = _recorders[engine] = GroupRecorder(engine)
+        return recorder
 
 
 def record_pack(
@@ -211,8 +278,7 @@ class BlobSink:
 
     def recorded_loose(self, digest: BlobDigest) -> None:
         """A loose blob was promoted: record it now so a crash after this keeps it."""
-        with session_scope(self.engine) as session:
-            record_loose(digest, tier=self.tier.name, tier_id=self.tier_id, session=session)
+        recorder_for(self.engine).record(digest, tier=self.tier.name, tier_id=self.tier_id)
         self.stored[digest.b3] = digest
 
     def flush(self) -> None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from archive.catalog import models
-from archive.catalog.db import make_engine, session_scope
+from archive.catalog.db import make_engine, read_scope, session_scope
 from archive.config import Settings
 from archive.errors import ConfigError
 from tiers import Tier, TierError, open_tier
@@ -52,6 +52,12 @@ class ArchiveNode:
     @contextmanager
     def session(self) -> Iterator[Session]:
         with session_scope(self.engine) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only (see :func:`archive.catalog.db.read_scope`)."""
+        with read_scope(self.engine) as session:
             yield session
 
     @property

@@ -87,7 +87,7 @@ def store_stream(
         raise TooLarge(limit)
     chunks = _capped(chunks, limit)
     tier = node.hot
-    with node.session() as session:
+    with node.reading() as session:
         tier_id = node.tier_ids(session=session)[tier.name]
         existing = session.get(models.Blob, expect_b3)
         if existing is not None and not present_blobs([expect_b3], session=session):

@@ -19,7 +19,10 @@ One run measures, on loopback:
 The tree is made once per run: 5,000 files of mixed sizes (70% 1-32 KiB, 28%
 32 KiB-1 MiB, 2% 1-8 MiB; half random bytes, half CSV-like text). Files are
 written just before the clocks start, so both sides read them from the page
-cache. Ratios are between figures of this run only. See bench/README.md.
+cache. Ratios are between figures of this run only. CPU seconds (user + system)
+are counted beside wall time for every process that does the work: the client,
+the ``permafrost serve`` process and SeaweedFS for ours; this process (boto3's
+threads) and SeaweedFS for the baseline. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -49,6 +53,7 @@ import httpx  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
+from bench.replicate_archive import child_cpu_seconds  # noqa: E402
 from tests.support.s3server import S3Server, free_ports, new_server, run_seaweedfs  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
@@ -151,29 +156,54 @@ def permafrost_server(work: Path, server: S3Server, bucket: str) -> Iterator[str
         log.close()
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_by_part(own: int) -> dict[str, float]:
+    """CPU seconds so far: ``own`` (this process, or its reaped children), the live
+    ``permafrost serve`` child and SeaweedFS."""
+    return {
+        "client": _cpu(own),
+        "server": child_cpu_seconds(("permafrost",)),
+        "seaweedfs": child_cpu_seconds(("weed",)),
+    }
+
+
+def _cpu_since(own: int, before: dict[str, float]) -> dict[str, float]:
+    after = _cpu_by_part(own)
+    return {part: round(after[part] - before[part], 3) for part in after}
+
+
 def ingest(url: str, tree: Path, cache: Path, jobs: int) -> tuple[float, dict[str, Any]]:
-    """One ``permafrost ingest --server`` run: wall seconds and its --json report."""
+    """One ``permafrost ingest --server`` run: wall seconds and its --json report (with
+    ``cpu_seconds``: the client's, the server's and SeaweedFS's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
     env |= {"PERMAFROST_TOKEN": TOKEN, "XDG_CACHE_HOME": str(cache)}
     argv = [str(VENV_BIN / "permafrost"), "ingest", str(tree), "-C", "bench", "-D", "bulk"]
     argv += ["--server", url, "--jobs", str(jobs), "--json"]
     subprocess.run(["sync"], check=True)
+    before = _cpu_by_part(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    cpu = _cpu_since(resource.RUSAGE_CHILDREN, before)
     if done.returncode != 0:
         raise RuntimeError(f"permafrost ingest failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds, json.loads(done.stdout)
+    return seconds, json.loads(done.stdout) | {"cpu_seconds": sum(cpu.values()), "cpu": cpu}
 
 
-def boto3_baseline(server: S3Server, tree: Path, jobs: int) -> float:
-    """``upload_file`` of every file (default TransferConfig) on ``jobs`` threads."""
+def boto3_baseline(server: S3Server, tree: Path, jobs: int) -> tuple[float, dict[str, float]]:
+    """``upload_file`` of every file (default TransferConfig) on ``jobs`` threads: wall
+    and CPU seconds (this process's and SeaweedFS's)."""
     client = s3_client(server)
     bucket = f"baseline-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     files = sorted(p for p in tree.rglob("*") if p.is_file())
     config = TransferConfig()
     subprocess.run(["sync"], check=True)
+    before = _cpu_by_part(resource.RUSAGE_SELF)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [
@@ -183,7 +213,8 @@ def boto3_baseline(server: S3Server, tree: Path, jobs: int) -> float:
             for p in files
         ]:
             future.result()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return seconds, _cpu_since(resource.RUSAGE_SELF, before)
 
 
 def change_one_percent(tree: Path, sizes: dict[str, int], seed: int = 11) -> int:
@@ -214,10 +245,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bucket = f"permafrost-{uuid.uuid4().hex[:8]}"
         client.create_bucket(Bucket=bucket)
         with permafrost_server(work / "server", s3, bucket) as url:
-            baseline = boto3_baseline(s3, tree, args.jobs)
-            print(f"boto3 upload_file x{args.jobs}: {baseline:.2f} s", flush=True)
+            baseline, baseline_parts = boto3_baseline(s3, tree, args.jobs)
+            baseline_cpu = sum(baseline_parts.values())
+            print(
+                f"boto3 upload_file x{args.jobs}: {baseline:.2f} s, cpu {baseline_cpu:.2f} s "
+                f"{baseline_parts}",
+                flush=True,
+            )
             first, r1 = ingest(url, tree, work / "cache", args.jobs)
-            print(f"permafrost ingest --server, first run: {first:.2f} s", flush=True)
+            print(
+                f"permafrost ingest --server, first run: {first:.2f} s, "
+                f"cpu {r1['cpu_seconds']:.2f} s {r1['cpu']}",
+                flush=True,
+            )
             second, r2 = ingest(url, tree, work / "cache", args.jobs)
             print(f"second run, unchanged: {second:.2f} s, {r2['uploaded_bytes']} B sent")
             changed_bytes = change_one_percent(tree, sizes)
@@ -228,8 +268,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bytes": total,
         "jobs": args.jobs,
         "boto3_seconds": baseline,
+        "boto3_cpu_seconds": baseline_cpu,
+        "boto3_cpu": baseline_parts,
         "first_seconds": first,
+        "first_cpu_seconds": r1["cpu_seconds"],
+        "first_cpu": r1["cpu"],
         "first_vs_boto3": first / baseline,
+        "first_vs_boto3_cpu": r1["cpu_seconds"] / baseline_cpu,
         "first_uploaded_bytes": r1["uploaded_bytes"],
         "second_seconds": second,
         "second_vs_first": second / first,
@@ -242,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases": {"first": r1["phases"], "second": r2["phases"], "third": r3["phases"]},
     }
     print(
-        f"\nfirst run / boto3: {figures['first_vs_boto3']:.2f}x (target <= 1.2)\n"
+        f"\nfirst run / boto3: {figures['first_vs_boto3']:.2f}x (target <= 1.2); "
+        f"CPU seconds {figures['first_vs_boto3_cpu']:.2f}x\n"
         f"second run / first: {figures['second_vs_first']:.1%} (target < 5%), "
         f"{figures['second_uploaded_bytes']} bytes uploaded (target 0)\n"
         f"1% changed: uploaded / changed bytes = {figures['third_uploaded_vs_changed']:.4f} "

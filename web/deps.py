@@ -5,9 +5,9 @@ Who is calling is :mod:`web.auth`'s business.
 The node is built once per process in the app's lifespan (``app.state.node``);
 nothing here reads configuration. A route that writes opens its own
 ``node.session()`` so it commits before it answers; read-only routes take
-:data:`SessionDep`, which closes (and so commits) when the route function returns,
-before the response is sent (``scope="function"``), so no transaction is held
-open while a body streams.
+:data:`SessionDep`, a read-only session (``node.reading()``: on SQLite it never
+waits for a writer) closed when the route function returns, before the response
+is sent (``scope="function"``), so no transaction is held open while a body streams.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ NodeDep = Annotated[ArchiveNode, Depends(get_node)]
 
 
 def get_session(node: NodeDep) -> Iterator[Session]:
-    with node.session() as session:
+    with node.reading() as session:
         yield session
 
 

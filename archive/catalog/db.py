@@ -16,6 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlmodel import Session
 
+READ_ONLY = "read_only"
+"""Execution option of connections that only read (see :func:`make_engine`)."""
+
 
 def normalize_url(url: str) -> str:
     """Accept ``postgresql://`` URLs and use psycopg 3 for them."""
@@ -29,7 +32,9 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
 
     SQLite: WAL (readers never block the writer), foreign keys on, a busy timeout so
     a second process waits instead of failing, and ``BEGIN IMMEDIATE`` so a write
-    transaction takes the write lock at its start (no lock upgrade deadlocks).
+    transaction takes the write lock at its start (no lock upgrade deadlocks). A
+    connection with the execution option ``read_only`` (:func:`read_scope`) begins
+    with a plain ``BEGIN`` instead: it reads a snapshot and never waits for writers.
     """
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -52,7 +57,8 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
@@ -75,6 +81,14 @@ def _enable_wal(cursor: sqlite3.Cursor, *, timeout: float = 60.0) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+@contextmanager
+def read_scope(engine: sa.Engine) -> Iterator[Session]:
+    """A session that only reads: on SQLite it neither takes nor waits for the write
+    lock. Writing through it is a bug (SQLite may refuse the upgrade at once)."""
+    with Session(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False) as session:
+        yield session  # closing ends the transaction and keeps what was loaded (no expiry)
 
 
 @contextmanager

@@ -5,14 +5,27 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
-from archive.catalog.db import make_engine, session_scope
-from archive.catalog.models import Blob, Collection, Dataset, Entry, Pack, Replica, Tier, Version
+from archive.blobstore import GroupRecorder
+from archive.catalog.db import make_engine, read_scope, session_scope
+from archive.catalog.models import (
+    Blob,
+    Collection,
+    Dataset,
+    Entry,
+    Event,
+    Pack,
+    Replica,
+    Tier,
+    Version,
+)
+from archive.encoding import BlobDigest
 from archive.paths import MAX_PATH_BYTES, normalize_path
 
 B3 = "b3" * 32
@@ -140,6 +153,57 @@ def test_session_scope_rolls_back_on_error(catalog_engine: sa.Engine) -> None:
     with pytest.raises(RuntimeError, match="stop"):
         add_then_fail()
     assert _count(catalog_engine, Collection) == 0
+
+
+def test_a_read_session_never_waits_for_a_writer(catalog_engine: sa.Engine) -> None:
+    """While a write transaction is open, a read session sees the last commit at once
+    (on SQLite it begins with a plain BEGIN, not BEGIN IMMEDIATE)."""
+    seen: list[list[str]] = []
+    with session_scope(catalog_engine) as writer:
+        writer.add(Collection(name="uncommitted"))
+        writer.flush()
+
+        def read() -> None:
+            with read_scope(catalog_engine) as session:
+                seen.append(list(session.exec(select(Collection.name))))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive() and seen == [[]]  # done while the writer still holds
+    with read_scope(catalog_engine) as session:
+        row = session.exec(select(Collection)).one()
+    assert row.name == "uncommitted"  # loaded attributes outlive the read session
+
+
+def _digest(i: int) -> BlobDigest:
+    b3 = hashlib.sha256(b"blob %d" % i).hexdigest()
+    return BlobDigest(b3, "5" * 64, i, i, b3, "raw")
+
+
+def test_group_recorder_commits_every_caller_and_reports_failures(
+    catalog_engine: sa.Engine,
+) -> None:
+    """Sixteen threads record loose blobs at once: each returns only once its rows are
+    committed; a batch that fails raises in every caller whose blob it held."""
+    tier_id = _blob_pack_and_tier(catalog_engine)
+    recorder = GroupRecorder(catalog_engine)
+
+    def record(i: int) -> None:
+        recorder.record(_digest(i), tier="hot", tier_id=tier_id)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(record, range(64)))
+    with Session(catalog_engine) as session:
+        rows = session.exec(select(Replica.blob_b3).where(Replica.tier_id == tier_id)).all()
+        events = session.exec(select(func.count()).select_from(Event)).one()
+    assert sorted(r for r in rows if r != B3) == sorted(_digest(i).b3 for i in range(64))
+    assert events == 64
+    with pytest.raises(sa.exc.IntegrityError):  # no such tier: the foreign key refuses
+        recorder.record(_digest(99), tier="gone", tier_id=tier_id + 1000)
+    assert _count(catalog_engine, Replica) == 64
+    recorder.record(_digest(100), tier="hot", tier_id=tier_id)  # the recorder goes on
+    assert _count(catalog_engine, Replica) == 65
 
 
 @pytest.mark.parametrize(

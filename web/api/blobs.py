@@ -24,7 +24,7 @@ import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Header, Request, Response, status
 
-from archive.access import Principal, claimable_blobs, grant_upload
+from archive.access import Principal, claimable_blobs, grant_upload, needs_grant
 from archive.datasets import blobs_missing
 from archive.errors import Forbidden
 from archive.node import ArchiveNode
@@ -70,8 +70,9 @@ def _missing_for(principal: Principal, b3s: list[str], session: SessionDep) -> l
 
 
 def _record_grant(node: ArchiveNode, principal: Principal, b3: str) -> None:
-    with node.session() as session:
-        grant_upload(principal, b3, session=session)
+    if needs_grant(principal):  # else no transaction at all: it would wait for the write lock
+        with node.session() as session:
+            grant_upload(principal, b3, session=session)
 
 
 def _chunks_from_loop(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
