@@ -161,7 +161,8 @@ class S3Tier:
         except (BotoCoreError, ValueError) as exc:
             raise TierConfigError(f"tier {name!r}: {exc}", tier=name) from exc
         self._bucket_ready = False
-        self._conditional_copy = True
+        self._conditional_copy: bool | None = None
+        """Whether the store honours ``If-None-Match`` on copies (None: not asked yet)."""
         self._copy_limit = MAX_COPY_SIZE
         self._copy_part_size = COPY_PART_SIZE
 

@@ -176,11 +176,7 @@ class S3Upload:
         if self._upload_id is not None:
             _abort_quietly(tier, self._staging_key, self._upload_id)
         if self._staged_object:
-            try:
-                with tier._errors(None):
-                    tier.client.delete_object(Bucket=tier.bucket, Key=self._staging_key)
-            except TierError as exc:
-                logger.warning("%s: could not delete %s: %s", tier, self._staging_key, exc)
+            _delete_quietly(tier, self._staging_key)
 
     def __enter__(self) -> Self:
         return self
@@ -192,11 +188,16 @@ class S3Upload:
 def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
     """Server-side copy of ``source`` to ``key``, refusing to replace an object.
 
-    ``CopyObject`` with ``If-None-Match: *`` where the store accepts it. A store
-    that answers NotImplemented gets HeadObject then CopyObject instead: two
-    writers racing between the two calls could then both succeed, the later one
-    replacing the earlier. For content-addressed keys both wrote the same bytes.
+    ``CopyObject`` with ``If-None-Match: *`` where the store honours it (see
+    :func:`_honours_copy_condition`). A store that answers NotImplemented, or ignores
+    the header, gets HeadObject then CopyObject instead: two writers racing between
+    the two calls could then both succeed, the later one replacing the earlier. For
+    content-addressed keys both wrote the same bytes.
     """
+    if tier._conditional_copy is None:
+        tier._conditional_copy = _honours_copy_condition(tier)
+        if not tier._conditional_copy:
+            logger.warning("%s: store ignores If-None-Match on copy, using HeadObject first", tier)
     if size > tier._copy_limit:
         _copy_in_parts(tier, source, key, size)
         return
@@ -224,8 +225,45 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
         tier.client.copy_object(**request)
 
 
+def _honours_copy_condition(tier: S3Tier) -> bool:
+    """Whether the store refuses a ``CopyObject`` with ``If-None-Match: *`` onto a key
+    that exists, asked once per tier with two empty staging objects.
+
+    Ceph RGW 16 (Pacific) accepts the header on ``CopyObject`` and on
+    ``CompleteMultipartUpload`` and replaces the target all the same; the answer
+    about ``CopyObject`` stands for both. A store that refuses the header itself
+    (NotImplemented) is found out by the first real copy instead.
+    """
+    source = f"{tier.staging_prefix}{uuid.uuid4().hex}"
+    target = f"{source}-probe"
+    try:
+        with tier._errors(None):
+            for probe in (source, target):
+                tier.client.put_object(Bucket=tier.bucket, Key=probe, Body=b"")
+        try:
+            with tier._errors(None):
+                tier.client.copy_object(
+                    Bucket=tier.bucket,
+                    Key=target,
+                    CopySource={"Bucket": tier.bucket, "Key": source},
+                    IfNoneMatch="*",
+                )
+        except ObjectExists:
+            return True
+        except TierError as exc:
+            if error_code(exc.__cause__) != "NotImplemented" and http_status(exc.__cause__) != 501:
+                raise
+        return False
+    finally:
+        for probe in (source, target):
+            _delete_quietly(tier, probe)
+
+
 def _copy_in_parts(tier: S3Tier, source: str, key: str, size: int) -> None:
-    """``UploadPartCopy`` into a new multipart upload, completed with ``If-None-Match``."""
+    """``UploadPartCopy`` into a new multipart upload, completed with ``If-None-Match``
+    (and checked with HeadObject first where the store ignores that header)."""
+    if not tier._conditional_copy and tier.exists(key):
+        raise ObjectExists(f"{key}: already stored", tier=tier.name, key=key)
     part_size = max(tier._copy_part_size, -(-size // MAX_PARTS))
     extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
     target = tier.prefix + key
@@ -268,6 +306,15 @@ def _abort_quietly(tier: S3Tier, target: str, upload_id: str) -> None:
             tier.client.abort_multipart_upload(Bucket=tier.bucket, Key=target, UploadId=upload_id)
     except TierError as exc:
         logger.warning("%s: could not abort multipart upload of %s: %s", tier, target, exc)
+
+
+def _delete_quietly(tier: S3Tier, target: str) -> None:
+    """``DeleteObject`` of a staging object, logging instead of raising (as above)."""
+    try:
+        with tier._errors(None):
+            tier.client.delete_object(Bucket=tier.bucket, Key=target)
+    except TierError as exc:
+        logger.warning("%s: could not delete %s: %s", tier, target, exc)
 
 
 def error_code(exc: BaseException | None) -> str:

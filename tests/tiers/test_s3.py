@@ -199,6 +199,17 @@ def promote_over(tier: S3Tier, key: str, data: bytes) -> None:
         upload.promote(key)
 
 
+def test_promote_never_replaces_a_large_object(tier: S3Tier) -> None:
+    """The CopyObject path refuses an existing key, on a store that ignores
+    ``If-None-Match`` on copies too (found out by the tier's probe)."""
+    data = random.randbytes(6 * MiB)
+    tier.put("k", io.BytesIO(data))
+    with pytest.raises(ObjectExists):
+        promote_over(tier, "k", random.randbytes(6 * MiB))
+    assert read(tier, "k") == data
+    assert staged_in(tier) == []
+
+
 def test_copy_in_parts_above_the_copy_limit(tier: S3Tier) -> None:
     """The UploadPartCopy path for objects over 5 GiB, with the limit lowered to 5 MiB."""
     tier._copy_limit = tier._copy_part_size = 5 * MiB
