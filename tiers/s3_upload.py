@@ -13,13 +13,15 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Self
 
 import blake3
 from botocore.exceptions import ClientError
 
 from tiers.base import ObjectInfo, check_key
-from tiers.errors import DigestMismatch, ObjectExists, TierError
+from tiers.errors import DigestMismatch, ObjectExists, TierConfigError, TierError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -143,8 +145,8 @@ class S3Upload:
         """One ``PutObject``: conditional, with the SHA-256 the store verifies."""
         tier = self._tier
         body, self._buffer = bytes(self._buffer), bytearray()
-        extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
-        with tier._errors(key):
+        extra = _storage_class(tier)
+        with _class_errors(tier, key):
             sent = tier.client.put_object(
                 Bucket=tier.bucket,
                 Key=tier.prefix + key,
@@ -201,7 +203,7 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
     if size > tier._copy_limit:
         _copy_in_parts(tier, source, key, size)
         return
-    extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
+    extra = _storage_class(tier)
     request: dict[str, Any] = dict(
         Bucket=tier.bucket,
         Key=tier.prefix + key,
@@ -211,7 +213,7 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
     )
     if tier._conditional_copy:
         try:
-            with tier._errors(key):
+            with _class_errors(tier, key):
                 tier.client.copy_object(IfNoneMatch="*", **request)
             return
         except TierError as exc:
@@ -221,7 +223,7 @@ def _copy_into_place(tier: S3Tier, source: str, key: str, size: int) -> None:
             tier._conditional_copy = False
     if tier.exists(key):
         raise ObjectExists(f"{key}: already stored", tier=tier.name, key=key)
-    with tier._errors(key):
+    with _class_errors(tier, key):
         tier.client.copy_object(**request)
 
 
@@ -265,9 +267,9 @@ def _copy_in_parts(tier: S3Tier, source: str, key: str, size: int) -> None:
     if not tier._conditional_copy and tier.exists(key):
         raise ObjectExists(f"{key}: already stored", tier=tier.name, key=key)
     part_size = max(tier._copy_part_size, -(-size // MAX_PARTS))
-    extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
+    extra = _storage_class(tier)
     target = tier.prefix + key
-    with tier._errors(key):
+    with _class_errors(tier, key):
         upload_id = tier.client.create_multipart_upload(Bucket=tier.bucket, Key=target, **extra)[
             "UploadId"
         ]
@@ -306,6 +308,31 @@ def _abort_quietly(tier: S3Tier, target: str, upload_id: str) -> None:
             tier.client.abort_multipart_upload(Bucket=tier.bucket, Key=target, UploadId=upload_id)
     except TierError as exc:
         logger.warning("%s: could not abort multipart upload of %s: %s", tier, target, exc)
+
+
+def _storage_class(tier: S3Tier) -> dict[str, Any]:
+    """The ``StorageClass`` argument of the writes that give an object its key."""
+    return {"StorageClass": tier.storage_class} if tier.storage_class else {}
+
+
+@contextmanager
+def _class_errors(tier: S3Tier, key: str) -> Iterator[None]:
+    """The tier's error translation, plus: a write in a storage class the store does not
+    offer is a configuration error. AWS answers ``InvalidStorageClass``; Ceph RGW
+    answers a bare ``InvalidArgument`` for a class no placement target declares."""
+    try:
+        with tier._errors(key):
+            yield
+    except TierError as exc:
+        code = error_code(exc.__cause__)
+        if not tier.storage_class or code not in ("InvalidStorageClass", "InvalidArgument"):
+            raise
+        raise TierConfigError(
+            f"tier {tier.name!r}: the store answered {code} to a write in storage class "
+            f"{tier.storage_class!r}; does it offer that class? ({exc})",
+            tier=tier.name,
+            key=key,
+        ) from exc.__cause__
 
 
 def _delete_quietly(tier: S3Tier, target: str) -> None:

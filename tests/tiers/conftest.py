@@ -29,6 +29,10 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
         f"{CEPH} ignores If-None-Match on CopyObject and CompleteMultipartUpload and "
         "replaces the target; the tier finds this out and checks with HeadObject first"
     ),
+    ("seaweedfs", "copy-class-check"): (
+        "SeaweedFS accepts any storage class name on CopyObject (it refuses an unknown "
+        "one on PutObject), so a misspelt class is stored as given"
+    ),
 }
 
 SERVERS = [

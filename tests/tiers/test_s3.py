@@ -170,6 +170,26 @@ def test_storage_class_is_set_and_visible(s3_tier_settings: dict[str, Any], size
     assert staged_in(tier) == []
 
 
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(1000, id="single-put"),
+        pytest.param(
+            6 * MiB, id="multipart-copy", marks=pytest.mark.s3_feature("copy-class-check")
+        ),
+    ],
+)
+def test_unknown_storage_class_is_a_config_error(
+    s3_tier_settings: dict[str, Any], size: int
+) -> None:
+    tier = S3Tier("t", **s3_tier_settings, storage_class="NO_SUCH_CLASS")
+    with pytest.raises(TierConfigError, match="storage class 'NO_SUCH_CLASS'") as caught:
+        tier.put("k", io.BytesIO(random.randbytes(size)))
+    assert not caught.value.retryable
+    assert list(tier.list()) == []
+    assert staged_in(tier) == []
+
+
 def test_default_storage_class_is_standard(tier: S3Tier) -> None:
     tier.put("k", io.BytesIO(b"x"))
     assert tier.stat("k").storage_class == "STANDARD"
