@@ -190,6 +190,15 @@ def test_unknown_storage_class_is_a_config_error(
     assert staged_in(tier) == []
 
 
+@pytest.mark.s3_feature("glacier-restore")
+def test_glacier_objects_need_a_restore_before_reads(s3_tier_settings: dict[str, Any]) -> None:
+    """What moto stands in for (test_s3_cold.py): neither real server has Glacier."""
+    tier = S3Tier("t", **s3_tier_settings, storage_class="GLACIER")
+    tier.put("k", io.BytesIO(b"x"))
+    with pytest.raises(NeedsRestore):
+        read(tier, "k")
+
+
 def test_default_storage_class_is_standard(tier: S3Tier) -> None:
     tier.put("k", io.BytesIO(b"x"))
     assert tier.stat("k").storage_class == "STANDARD"
