@@ -234,7 +234,7 @@ def _honours_copy_condition(tier: S3Tier) -> bool:
     Ceph RGW 16 (Pacific) accepts the header on ``CopyObject`` and on
     ``CompleteMultipartUpload`` and replaces the target all the same; the answer
     about ``CopyObject`` stands for both. A store that refuses the header itself
-    (NotImplemented) is found out by the first real copy instead.
+    (NotImplemented) does not honour it either.
     """
     source = f"{tier.staging_prefix}{uuid.uuid4().hex}"
     target = f"{source}-probe"
