@@ -13,7 +13,9 @@ object under its key, and never replaces one:
   ``CompleteMultipartUpload`` run, then a conditional server-side ``CopyObject``
   (``UploadPartCopy`` above the 5 GiB copy limit) gives the object its key, and the
   staging object is deleted. The staging upload keeps the default storage class so
-  a cold class's minimum storage duration is not charged for a scratch object.
+  a cold class's minimum storage duration is not charged for a scratch object. A
+  store that ignores the condition on copies (Ceph RGW 16; the tier asks once) gets
+  HeadObject first.
 
 The write path is :mod:`tiers.s3_upload`, Glacier restores (``RestoreObject``,
 ``x-amz-restore``) are :mod:`tiers.s3_restore`, the translation of botocore errors is
