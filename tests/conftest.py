@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.support.s3server",
+    "tests.support.ceph_rgw",
     "tests.support.moto_server",
     "tests.support.database",
 ]

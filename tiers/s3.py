@@ -13,7 +13,9 @@ object under its key, and never replaces one:
   ``CompleteMultipartUpload`` run, then a conditional server-side ``CopyObject``
   (``UploadPartCopy`` above the 5 GiB copy limit) gives the object its key, and the
   staging object is deleted. The staging upload keeps the default storage class so
-  a cold class's minimum storage duration is not charged for a scratch object.
+  a cold class's minimum storage duration is not charged for a scratch object. A
+  store that ignores the condition on copies (Ceph RGW 16; the tier asks once) gets
+  HeadObject first.
 
 The write path is :mod:`tiers.s3_upload`, Glacier restores (``RestoreObject``,
 ``x-amz-restore``) are :mod:`tiers.s3_restore`, the translation of botocore errors is
@@ -161,7 +163,8 @@ class S3Tier:
         except (BotoCoreError, ValueError) as exc:
             raise TierConfigError(f"tier {name!r}: {exc}", tier=name) from exc
         self._bucket_ready = False
-        self._conditional_copy = True
+        self._conditional_copy: bool | None = None
+        """Whether the store honours ``If-None-Match`` on copies (None: not asked yet)."""
         self._copy_limit = MAX_COPY_SIZE
         self._copy_part_size = COPY_PART_SIZE
 

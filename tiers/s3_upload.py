@@ -13,13 +13,15 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Self
 
 import blake3
 from botocore.exceptions import ClientError
 
 from tiers.base import ObjectInfo, check_key
-from tiers.errors import DigestMismatch, ObjectExists, TierError
+from tiers.errors import DigestMismatch, ObjectExists, TierConfigError, TierError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -148,10 +150,10 @@ class S3Upload:
         verifies."""
         tier = self._tier
         body, self._buffer = bytes(self._buffer), bytearray()
-        extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
+        extra = _storage_class(tier)
         if not replace:
             extra["IfNoneMatch"] = "*"
-        with tier._errors(key):
+        with _class_errors(tier, key):
             sent = tier.client.put_object(
                 Bucket=tier.bucket,
                 Key=tier.prefix + key,
@@ -182,11 +184,7 @@ class S3Upload:
         if self._upload_id is not None:
             _abort_quietly(tier, self._staging_key, self._upload_id)
         if self._staged_object:
-            try:
-                with tier._errors(None):
-                    tier.client.delete_object(Bucket=tier.bucket, Key=self._staging_key)
-            except TierError as exc:
-                logger.warning("%s: could not delete %s: %s", tier, self._staging_key, exc)
+            _delete_quietly(tier, self._staging_key)
 
     def __enter__(self) -> Self:
         return self
@@ -201,15 +199,20 @@ def _copy_into_place(
     """Server-side copy of ``source`` to ``key``, refusing to replace an object
     (unless ``replace``).
 
-    ``CopyObject`` with ``If-None-Match: *`` where the store accepts it. A store
-    that answers NotImplemented gets HeadObject then CopyObject instead: two
-    writers racing between the two calls could then both succeed, the later one
-    replacing the earlier. For content-addressed keys both wrote the same bytes.
+    ``CopyObject`` with ``If-None-Match: *`` where the store honours it (see
+    :func:`_honours_copy_condition`). A store that answers NotImplemented, or ignores
+    the header, gets HeadObject then CopyObject instead: two writers racing between
+    the two calls could then both succeed, the later one replacing the earlier. For
+    content-addressed keys both wrote the same bytes.
     """
+    if tier._conditional_copy is None:
+        tier._conditional_copy = _honours_copy_condition(tier)
+        if not tier._conditional_copy:
+            logger.warning("%s: store ignores If-None-Match on copy, using HeadObject first", tier)
     if size > tier._copy_limit:
         _copy_in_parts(tier, source, key, size, replace=replace)
         return
-    extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
+    extra = _storage_class(tier)
     request: dict[str, Any] = dict(
         Bucket=tier.bucket,
         Key=tier.prefix + key,
@@ -218,12 +221,12 @@ def _copy_into_place(
         **extra,
     )
     if replace:
-        with tier._errors(key):
+        with _class_errors(tier, key):
             tier.client.copy_object(**request)
         return
     if tier._conditional_copy:
         try:
-            with tier._errors(key):
+            with _class_errors(tier, key):
                 tier.client.copy_object(IfNoneMatch="*", **request)
             return
         except TierError as exc:
@@ -233,17 +236,54 @@ def _copy_into_place(
             tier._conditional_copy = False
     if tier.exists(key):
         raise ObjectExists(f"{key}: already stored", tier=tier.name, key=key)
-    with tier._errors(key):
+    with _class_errors(tier, key):
         tier.client.copy_object(**request)
+
+
+def _honours_copy_condition(tier: S3Tier) -> bool:
+    """Whether the store refuses a ``CopyObject`` with ``If-None-Match: *`` onto a key
+    that exists, asked once per tier with two empty staging objects.
+
+    Ceph RGW 16 (Pacific) accepts the header on ``CopyObject`` and on
+    ``CompleteMultipartUpload`` and replaces the target all the same; the answer
+    about ``CopyObject`` stands for both. A store that refuses the header itself
+    (NotImplemented) does not honour it either.
+    """
+    source = f"{tier.staging_prefix}{uuid.uuid4().hex}"
+    target = f"{source}-probe"
+    try:
+        with tier._errors(None):
+            for probe in (source, target):
+                tier.client.put_object(Bucket=tier.bucket, Key=probe, Body=b"")
+        try:
+            with tier._errors(None):
+                tier.client.copy_object(
+                    Bucket=tier.bucket,
+                    Key=target,
+                    CopySource={"Bucket": tier.bucket, "Key": source},
+                    IfNoneMatch="*",
+                )
+        except ObjectExists:
+            return True
+        except TierError as exc:
+            if error_code(exc.__cause__) != "NotImplemented" and http_status(exc.__cause__) != 501:
+                raise
+        return False
+    finally:
+        for probe in (source, target):
+            _delete_quietly(tier, probe)
 
 
 def _copy_in_parts(tier: S3Tier, source: str, key: str, size: int, *, replace: bool) -> None:
     """``UploadPartCopy`` into a new multipart upload, completed with ``If-None-Match``
-    (without it when ``replace``)."""
+    (and checked with HeadObject first where the store ignores that header), or
+    without either when ``replace``."""
+    if not replace and not tier._conditional_copy and tier.exists(key):
+        raise ObjectExists(f"{key}: already stored", tier=tier.name, key=key)
     part_size = max(tier._copy_part_size, -(-size // MAX_PARTS))
-    extra: dict[str, Any] = {"StorageClass": tier.storage_class} if tier.storage_class else {}
+    extra = _storage_class(tier)
     target = tier.prefix + key
-    with tier._errors(key):
+    with _class_errors(tier, key):
         upload_id = tier.client.create_multipart_upload(Bucket=tier.bucket, Key=target, **extra)[
             "UploadId"
         ]
@@ -283,6 +323,40 @@ def _abort_quietly(tier: S3Tier, target: str, upload_id: str) -> None:
             tier.client.abort_multipart_upload(Bucket=tier.bucket, Key=target, UploadId=upload_id)
     except TierError as exc:
         logger.warning("%s: could not abort multipart upload of %s: %s", tier, target, exc)
+
+
+def _storage_class(tier: S3Tier) -> dict[str, Any]:
+    """The ``StorageClass`` argument of the writes that give an object its key."""
+    return {"StorageClass": tier.storage_class} if tier.storage_class else {}
+
+
+@contextmanager
+def _class_errors(tier: S3Tier, key: str) -> Iterator[None]:
+    """The tier's error translation, plus: a write in a storage class the store does not
+    offer is a configuration error. AWS answers ``InvalidStorageClass``; Ceph RGW
+    answers a bare ``InvalidArgument`` for a class no placement target declares."""
+    try:
+        with tier._errors(key):
+            yield
+    except TierError as exc:
+        code = error_code(exc.__cause__)
+        if not tier.storage_class or code not in ("InvalidStorageClass", "InvalidArgument"):
+            raise
+        raise TierConfigError(
+            f"tier {tier.name!r}: the store answered {code} to a write in storage class "
+            f"{tier.storage_class!r}; does it offer that class? ({exc})",
+            tier=tier.name,
+            key=key,
+        ) from exc.__cause__
+
+
+def _delete_quietly(tier: S3Tier, target: str) -> None:
+    """``DeleteObject`` of a staging object, logging instead of raising (as above)."""
+    try:
+        with tier._errors(None):
+            tier.client.delete_object(Bucket=tier.bucket, Key=target)
+    except TierError as exc:
+        logger.warning("%s: could not delete %s: %s", tier, target, exc)
 
 
 def error_code(exc: BaseException | None) -> str:

@@ -55,6 +55,8 @@ class S3Server:
     access_key_id: str
     secret_access_key: str
     region_name: str = "us-east-1"
+    name: str = "seaweedfs"
+    """Which implementation answers (a test id, and the key of its known gaps)."""
 
     def client(self) -> S3Client:
         """A boto3 client for direct checks behind a tier's back."""
@@ -255,13 +257,19 @@ def run_seaweedfs(workdir: Path, server: S3Server, ports: list[int]) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A SeaweedFS S3 endpoint on 127.0.0.1 with signed requests, for the whole session."""
     workdir = tmp_path_factory.mktemp("seaweedfs")
     server, ports = new_server()
     with run_seaweedfs(workdir, server, ports):
         yield server
     shutil.rmtree(workdir / "data", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(seaweedfs_server: S3Server) -> S3Server:
+    """The S3 endpoint of tests outside ``tests/tiers``, which runs Ceph RGW too."""
+    return seaweedfs_server
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""S3Tier against a real SeaweedFS server: the conformance suite, plus S3's own edges."""
+"""S3Tier against real S3 servers (SeaweedFS, Ceph RGW): the conformance suite, plus
+S3's own edges. ``s3_server`` runs each in turn (tests/tiers/conftest.py)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ def staged_in(tier: S3Tier) -> list[str]:
 
 
 class TestS3Tier(TierConformance):
-    lists_in_byte_order = False  # SeaweedFS walks folders; AWS S3 lists in byte order
-
     @pytest.fixture
-    def tier(self, s3_tier_settings: dict[str, Any]) -> Iterator[S3Tier]:
+    def tier(self, s3_server: S3Server, s3_tier_settings: dict[str, Any]) -> Iterator[S3Tier]:
+        # SeaweedFS walks folders; AWS S3 and Ceph RGW list in byte order
+        self.lists_in_byte_order = s3_server.name != "seaweedfs"
         tier = S3Tier("s3-test", **s3_tier_settings)
         yield tier
         tier.close()
@@ -140,6 +141,7 @@ def test_open_tier_builds_it_from_the_config(s3_tier_settings: dict[str, Any]) -
     assert read(tier, "k") == b"via config"
 
 
+@pytest.mark.s3_feature("checksum-sha256")
 def test_sha256_checksum_is_stored_and_reported(tier: S3Tier) -> None:
     data = random.randbytes(4096)
     expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
@@ -150,6 +152,7 @@ def test_sha256_checksum_is_stored_and_reported(tier: S3Tier) -> None:
     assert head.get("ChecksumSHA256") == expected
 
 
+@pytest.mark.s3_feature("checksum-sha256")
 def test_multipart_objects_report_the_composite_checksum(tier: S3Tier) -> None:
     data = random.randbytes(12 * MiB)
     info = tier.put("blobs/big", io.BytesIO(data))
@@ -165,6 +168,35 @@ def test_storage_class_is_set_and_visible(s3_tier_settings: dict[str, Any], size
     assert tier.stat("k").storage_class == "STANDARD_IA"
     assert [info.storage_class for info in tier.list()] == ["STANDARD_IA"]
     assert staged_in(tier) == []
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(1000, id="single-put"),
+        pytest.param(
+            6 * MiB, id="multipart-copy", marks=pytest.mark.s3_feature("copy-class-check")
+        ),
+    ],
+)
+def test_unknown_storage_class_is_a_config_error(
+    s3_tier_settings: dict[str, Any], size: int
+) -> None:
+    tier = S3Tier("t", **s3_tier_settings, storage_class="NO_SUCH_CLASS")
+    with pytest.raises(TierConfigError, match="storage class 'NO_SUCH_CLASS'") as caught:
+        tier.put("k", io.BytesIO(random.randbytes(size)))
+    assert not caught.value.retryable
+    assert list(tier.list()) == []
+    assert staged_in(tier) == []
+
+
+@pytest.mark.s3_feature("glacier-restore")
+def test_glacier_objects_need_a_restore_before_reads(s3_tier_settings: dict[str, Any]) -> None:
+    """What moto stands in for (test_s3_cold.py): neither real server has Glacier."""
+    tier = S3Tier("t", **s3_tier_settings, storage_class="GLACIER")
+    tier.put("k", io.BytesIO(b"x"))
+    with pytest.raises(NeedsRestore):
+        read(tier, "k")
 
 
 def test_default_storage_class_is_standard(tier: S3Tier) -> None:
@@ -199,6 +231,28 @@ def promote_over(tier: S3Tier, key: str, data: bytes, *, replace: bool = False) 
         upload.promote(key, replace=replace)
 
 
+@pytest.mark.parametrize("conditional_copy", [None, False], ids=["probed", "head-first"])
+def test_promote_never_replaces_a_large_object(tier: S3Tier, conditional_copy: bool | None) -> None:
+    """The CopyObject path refuses an existing key: with ``If-None-Match`` where the
+    store honours it (the tier's probe finds out), else by HeadObject first (forced
+    here too, for stores that refuse the header)."""
+    tier._conditional_copy = conditional_copy
+    data = random.randbytes(6 * MiB)
+    tier.put("k", io.BytesIO(data))
+    with pytest.raises(ObjectExists):
+        promote_over(tier, "k", random.randbytes(6 * MiB))
+    assert read(tier, "k") == data
+    assert staged_in(tier) == []
+
+
+@pytest.mark.s3_feature("copy-if-none-match")
+def test_store_honours_if_none_match_on_copy(tier: S3Tier) -> None:
+    """So promotes of large objects are atomic, with no HeadObject-then-copy window."""
+    tier.put("k", io.BytesIO(random.randbytes(6 * MiB)))
+    assert tier._conditional_copy is True
+    assert staged_in(tier) == []
+
+
 def test_copy_in_parts_above_the_copy_limit(tier: S3Tier) -> None:
     """The UploadPartCopy path for objects over 5 GiB, with the limit lowered to 5 MiB."""
     tier._copy_limit = tier._copy_part_size = 5 * MiB
@@ -211,17 +265,6 @@ def test_copy_in_parts_above_the_copy_limit(tier: S3Tier) -> None:
     rebuilt = random.randbytes(12 * MiB)  # repair's promote replaces, through the same path
     promote_over(tier, "packs/huge.tar", rebuilt, replace=True)
     assert read(tier, "packs/huge.tar") == rebuilt
-    assert staged_in(tier) == []
-
-
-def test_copy_without_conditional_support(tier: S3Tier) -> None:
-    """The HeadObject-then-CopyObject path for stores that refuse If-None-Match on copy."""
-    tier._conditional_copy = False
-    data = random.randbytes(6 * MiB)
-    tier.put("k", io.BytesIO(data))
-    with pytest.raises(ObjectExists):
-        promote_over(tier, "k", random.randbytes(6 * MiB))
-    assert read(tier, "k") == data
     assert staged_in(tier) == []
 
 
