@@ -24,6 +24,7 @@ from archive.credentials import csrf_matches, find_login, user_of_token
 from archive.errors import Forbidden, NotAuthenticated
 from archive.node import ArchiveNode
 from web.deps import NodeDep
+from web.rate_limits import vouch
 
 SESSION_COOKIE = "permafrost_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -85,7 +86,9 @@ async def optional_principal(
     """
     # The catalog is synchronous: its lookups run in a worker thread, off the event loop.
     if credentials is not None:
-        return await anyio.to_thread.run_sync(_from_bearer, node, credentials.credentials)
+        found = await anyio.to_thread.run_sync(_from_bearer, node, credentials.credentials)
+        vouch(request, credentials.credentials)  # from now on limited as this token
+        return found
     if request.headers.get("authorization"):
         raise NotAuthenticated("only `Authorization: Bearer <token>` is accepted")
     secret = request.cookies.get(SESSION_COOKIE)
@@ -95,6 +98,7 @@ async def optional_principal(
     if signed_in is None:
         return None
     principal, csrf_token = signed_in
+    vouch(request, secret)
     request.state.csrf_token = csrf_token
     if request.method not in SAFE_METHODS and not csrf_matches(
         csrf_token, await _csrf_offered(request)

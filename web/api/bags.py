@@ -28,7 +28,9 @@ from archive.bag_import import import_bag
 from archive.catalog.models import Permission
 from archive.safe_extract import ExtractLimits
 from web.api import API_PREFIX
+from web.api.blobs import upload_slot
 from web.auth import PrincipalDep
+from web.body_limits import body_limit
 from web.deps import NodeDep, resolve_version
 from web.schemas import NAME_PATTERN, ErrorPublic, VersionPublic
 
@@ -61,7 +63,7 @@ class BagImportPublic(BaseModel):
 async def _receive(request: Request, target: Path, limit: int) -> int:
     """Stream the body to ``target`` in pieces of about 1 MiB; 413 past ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the bag is larger than the limit of {limit} bytes")
     received = 0
     with open(target, "wb") as sink:
@@ -94,6 +96,7 @@ async def _receive(request: Request, target: Path, limit: int) -> int:
         }
     },
 )
+@body_limit("upload")
 async def upload_bag(
     request: Request,
     node: NodeDep,
@@ -109,22 +112,23 @@ async def upload_bag(
     """
     if not principal.is_admin:
         principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
-    scratch = node.settings.data_dir / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="permafrost-upload-", dir=scratch) as folder:
-        upload = Path(folder) / "bag"
-        await _receive(request, upload, limits.max_bytes)
-        run = functools.partial(
-            import_bag,
-            node,
-            upload,
-            collection,
-            dataset,
-            limits=limits,
-            tmp_dir=scratch,
-            agent=f"permafrost/api ({principal.username})",
-        )
-        report = await anyio.to_thread.run_sync(run)
+    async with upload_slot(request):  # the bag's bytes and its whole import
+        scratch = node.settings.data_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="permafrost-upload-", dir=scratch) as folder:
+            upload = Path(folder) / "bag"
+            await _receive(request, upload, limits.max_bytes)
+            run = functools.partial(
+                import_bag,
+                node,
+                upload,
+                collection,
+                dataset,
+                limits=limits,
+                tmp_dir=scratch,
+                agent=f"permafrost/api ({principal.username})",
+            )
+            report = await anyio.to_thread.run_sync(run)
     if not report.created:
         response.status_code = status.HTTP_200_OK
     with node.session() as session:
