@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +33,7 @@ from sqlmodel import select
 from archive.catalog import models
 from archive.config import Settings
 from archive.node import ArchiveNode
+from tests.support.server import permafrost_serve
 from tests.web.conftest import ADMIN_TOKEN, AUTH
 
 MiB = 1024 * 1024
@@ -61,48 +60,14 @@ print(json.dumps(answers))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
-    """``permafrost serve --no-worker`` on loopback, stopped (SIGTERM) after the test."""
-    port = _free_port()
+    """``permafrost serve --no-worker`` on loopback, in its own process."""
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
     env |= {"PERMAFROST_DATA_DIR": str(data), "PERMAFROST_API_TOKEN": ADMIN_TOKEN}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archive.cli", "serve", "--no-worker", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-            time.sleep(0.1)
+    with permafrost_serve(tmp_path, env, "--no-worker") as base:
         yield base, Settings(data_dir=data, api_token=ADMIN_TOKEN)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 @pytest.mark.slow
