@@ -63,7 +63,7 @@ class BagImportPublic(BaseModel):
 async def _receive(request: Request, target: Path, limit: int) -> int:
     """Stream the body to ``target`` in pieces of about 1 MiB; 413 past ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the bag is larger than the limit of {limit} bytes")
     received = 0
     with open(target, "wb") as sink:

@@ -174,11 +174,7 @@ async def put_blob(
     """Store the body as the blob ``b3``: 201 if new, 200 if held; a wrong body keeps nothing."""
     _require_uploader(principal)
     declared = request.headers.get("content-length")
-    size = (
-        int(declared)
-        if declared is not None and declared.isascii() and declared.isdigit()
-        else None
-    )
+    size = int(declared) if declared is not None and declared.isdigit() else None
     store = functools.partial(
         store_stream,
         node,
