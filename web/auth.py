@@ -62,12 +62,16 @@ def _from_cookie(node: ArchiveNode, secret: str) -> tuple[Principal, str] | None
         return Principal.of(user, session=session), login.csrf_token
 
 
-async def _csrf_offered(request: Request) -> str | None:
+async def _csrf_offered(request: Request, form_limit: int) -> str | None:
+    """The CSRF token of the header, else of a form body of at most ``form_limit`` bytes
+    (declared): a form is parsed in memory, and an upload route labelled as one must not be."""
     header = request.headers.get(CSRF_HEADER)
     if header is not None:
         return header
     kind = request.headers.get("content-type", "")
-    if kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+    declared = request.headers.get("content-length", "")
+    small = declared.isdigit() and int(declared) <= form_limit
+    if small and kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         value = (await request.form()).get(CSRF_FIELD)
         return value if isinstance(value, str) else None
     return None
@@ -101,7 +105,7 @@ async def optional_principal(
     vouch(request, secret)
     request.state.csrf_token = csrf_token
     if request.method not in SAFE_METHODS and not csrf_matches(
-        csrf_token, await _csrf_offered(request)
+        csrf_token, await _csrf_offered(request, node.settings.max_json_body_bytes)
     ):
         raise CsrfRefused("the form or request lacks a valid CSRF token; reload the page")
     return principal

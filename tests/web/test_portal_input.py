@@ -12,6 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import blake3
 import pytest
@@ -138,3 +139,21 @@ def test_case_only_differences_and_a_thousand_byte_name_are_stored(
     assert sorted(e["path"] for e in listed) == sorted(paths)
     for path in paths:
         assert client.get(f"{VERSIONS}/1/files/{path}").content == DATA
+
+
+def test_a_csrf_token_is_only_looked_for_in_a_small_form(
+    portal: tuple[TestClient, ArchiveNode, dict[str, str]],
+) -> None:
+    """A signed-in upload labelled as a form, its token first and then 2 MiB: finding the
+    token would mean parsing it all in memory. It is refused as lacking one instead."""
+    client, node, csrf = portal
+    before = snapshot(node)
+    body = urlencode({"csrf_token": csrf["X-CSRF-Token"], "pad": "x" * (2 * 1024 * 1024)})
+    answer = client.put(
+        f"/api/v1/blobs/{blake3.blake3(body.encode()).hexdigest()}",
+        content=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"] == "CsrfRefused"
+    assert snapshot(node) == before
