@@ -155,7 +155,7 @@ def _import_folder(
 ) -> BagImportReport:
     started = time.perf_counter()
     ref = DatasetRef(collection, check_name("dataset", dataset or default_dataset_name(root)))
-    checked = check_bag(root)
+    checked = check_bag(root, max_manifest_lines=node.settings.bag_max_manifest_lines)
     ingested = ingest_tree(
         node,
         root / "data",

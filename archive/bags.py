@@ -150,18 +150,24 @@ class _LogCollector(logging.Handler):
         target.append(record.getMessage())
 
 
-def check_bag(path: Path) -> CheckedBag:
+#: Lines one manifest may have unless the caller says otherwise (``bag_max_manifest_lines``).
+MAX_MANIFEST_LINES = 1_000_000
+
+
+def check_bag(path: Path, *, max_manifest_lines: int = MAX_MANIFEST_LINES) -> CheckedBag:
     """Validate the bag in folder ``path`` completely (every digest of every file).
 
     Files are looked at before any is read: a symbolic link out of the bag, a FIFO
     or a device would otherwise be followed, blocked on or read forever by the
-    validator.
+    validator. Manifests are counted before bagit parses them (it holds every line
+    in memory): one of more than ``max_manifest_lines`` lines is refused unread.
 
     Raises:
         InvalidBag: every reason the bag is refused.
     """
     reasons = _check_declaration(path)
     scan_reasons, scan = _check_files(path)
+    scan_reasons += _check_manifest_lengths(path, max_manifest_lines)
     if scan_reasons:
         raise InvalidBag(path.name, [_relative(r, path) for r in reasons + scan_reasons])
     warnings: list[str] = []
@@ -205,6 +211,24 @@ def check_bag(path: Path) -> CheckedBag:
     warnings += [f"{p}: not percent-encoded" for p in bag.literal_paths] + _advice(bag, checked)
     checked.warnings = [_relative(w, path) for w in warnings]
     return checked
+
+
+def _check_manifest_lengths(path: Path, limit: int) -> list[str]:
+    """Manifests of more than ``limit`` lines, counted in bounded reads."""
+    reasons = []
+    for manifest in sorted(path.iterdir()):
+        if not MANIFEST_NAME.match(manifest.name) or not manifest.is_file():
+            continue
+        lines = 0
+        with open(manifest, "rb") as fh:
+            while (piece := fh.read(1024 * 1024)) and lines <= limit:
+                lines += piece.count(b"\n")
+        if lines > limit:
+            reasons.append(
+                f"{manifest.name} has more than {limit:,} lines, the most a manifest may "
+                "have here (bag_max_manifest_lines); it was not read"
+            )
+    return reasons
 
 
 def _relative(message: str, bag: Path) -> str:

@@ -165,18 +165,19 @@ class ArchiveClient:
         body: Callable[[], Iterator[bytes]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """One API call, retried on connection errors and 5xx.
+        """One API call, retried on connection errors, 5xx and 429 (after ``Retry-After``).
 
         Raises:
             ServerUnreachable: every attempt failed.
             ServerRefused: a 4xx answer (never retried).
         """
         last = ""
+        asked = 0.0  # what the server's Retry-After asked for, at least
         for attempt in range(self.retry.attempts):
             if attempt:
                 with self._lock:
                     self.retries += 1
-                self.sleep(self.retry.delay(attempt - 1))
+                self.sleep(max(asked, self.retry.delay(attempt - 1)))
             try:
                 response = self.http.request(
                     method,
@@ -190,8 +191,9 @@ class ArchiveClient:
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 continue
-            if response.status_code >= 500:
+            if response.status_code >= 500 or response.status_code == 429:  # 429: too fast
                 last = f"HTTP {response.status_code} {_error(response)[1]}"
+                asked = _retry_after(response, self.retry.max_seconds)
                 continue
             if response.status_code >= 400:
                 raise _refused(response, upload=body is not None)
@@ -275,6 +277,12 @@ def _error(response: httpx.Response) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(data, dict):
         return response.reason_phrase, str(data)[:200], {}
     return str(data.get("error", "")), str(data.get("detail", "")), data
+
+
+def _retry_after(response: httpx.Response, cap: float) -> float:
+    """Seconds a 429 or 503 asks to wait (RFC 9110 §10.2.3, the delay form), at most ``cap``."""
+    value = response.headers.get("retry-after", "")
+    return min(cap, float(value)) if value.isascii() and value.isdigit() else 0.0
 
 
 def _refused(response: httpx.Response, *, upload: bool) -> ServerRefused:

@@ -173,6 +173,30 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=5 * 1024**4, ge=1)
     """Largest blob one upload may carry (default 5 TiB, S3's own object limit); a larger
     declared or streamed body is refused with 413 and nothing is kept."""
+    max_json_body_bytes: int = Field(default=1 * MiB, ge=1024)
+    """Largest body of a request the API reads whole (JSON documents, forms); larger is
+    refused with 413 before it is read. Streamed uploads have their own limits."""
+    max_commit_body_bytes: int = Field(default=64 * MiB, ge=1024)
+    """Largest JSON version commit (``POST .../versions``, at most 100,000 entries);
+    larger versions go through the NDJSON route, which streams."""
+    body_idle_seconds: float = Field(default=60.0, gt=0)
+    """A request body that stalls this long (a client that sends less than its
+    ``Content-Length`` and waits) is cut off with 408."""
+    rate_per_second: float = Field(default=100.0, ge=0)
+    """Requests per second each API token or portal sign-in may make on average, per
+    server process (0: unlimited); beyond it 429 with ``Retry-After``."""
+    rate_burst: int = Field(default=1000, ge=1)
+    """Requests one token may make at once before ``rate_per_second`` applies."""
+    anonymous_rate_per_second: float = Field(default=20.0, ge=0)
+    """The same, per client address, for requests without valid credentials (0: unlimited)."""
+    anonymous_rate_burst: int = Field(default=200, ge=1)
+    max_concurrent_uploads: int = Field(default=64, ge=1)
+    """Uploads (blob PUTs, resumable appends, bags) one server process takes at once,
+    waiting ones included; more are refused with 503 and ``Retry-After``."""
+    upload_threads: int = Field(default=16, ge=1, le=256)
+    """Of those, how many are hashed and written at once (the others wait their turn)."""
+    bag_max_manifest_lines: int = Field(default=1_000_000, ge=1)
+    """Lines one BagIt manifest may have; a longer one is refused before it is parsed."""
     organization: str = "Permafrost"
     default_policy: ReplicationPolicy | None = None
     """Copies wanted for a collection that has no policy of its own (default: one copy

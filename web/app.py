@@ -19,8 +19,11 @@ from archive.node import ArchiveNode
 from web.api import api_router, health
 from web.api.bags import bags_router
 from web.api.events import metrics_router
+from web.auth import SESSION_COOKIE
+from web.body_limits import BodyLimits
 from web.errors import install_error_handlers
 from web.portal import install_portal
+from web.rate_limits import RateLimit, RateLimits
 
 DESCRIPTION = """\
 Research-data preservation archive. Files are addressed by the BLAKE3 of their
@@ -57,4 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router())
     app.include_router(bags_router())
     install_portal(app)
+    # Outermost first: refuse by rate before anything else, then bound the body.
+    app.state.rate_limits = RateLimits.of(resolved)
+    app.add_middleware(BodyLimits, settings=resolved)
+    app.add_middleware(RateLimit, limits=app.state.rate_limits, session_cookie=SESSION_COOKIE)
     return app

@@ -24,6 +24,7 @@ from archive.credentials import csrf_matches, find_login, user_of_token
 from archive.errors import Forbidden, NotAuthenticated
 from archive.node import ArchiveNode
 from web.deps import NodeDep
+from web.rate_limits import vouch
 
 SESSION_COOKIE = "permafrost_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -61,12 +62,16 @@ def _from_cookie(node: ArchiveNode, secret: str) -> tuple[Principal, str] | None
         return Principal.of(user, session=session), login.csrf_token
 
 
-async def _csrf_offered(request: Request) -> str | None:
+async def _csrf_offered(request: Request, form_limit: int) -> str | None:
+    """The CSRF token of the header, else of a form body of at most ``form_limit`` bytes
+    (declared): a form is parsed in memory, and an upload route labelled as one must not be."""
     header = request.headers.get(CSRF_HEADER)
     if header is not None:
         return header
     kind = request.headers.get("content-type", "")
-    if kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+    declared = request.headers.get("content-length", "")
+    small = declared.isdigit() and int(declared) <= form_limit
+    if small and kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         value = (await request.form()).get(CSRF_FIELD)
         return value if isinstance(value, str) else None
     return None
@@ -85,7 +90,9 @@ async def optional_principal(
     """
     # The catalog is synchronous: its lookups run in a worker thread, off the event loop.
     if credentials is not None:
-        return await anyio.to_thread.run_sync(_from_bearer, node, credentials.credentials)
+        found = await anyio.to_thread.run_sync(_from_bearer, node, credentials.credentials)
+        vouch(request, credentials.credentials)  # from now on limited as this token
+        return found
     if request.headers.get("authorization"):
         raise NotAuthenticated("only `Authorization: Bearer <token>` is accepted")
     secret = request.cookies.get(SESSION_COOKIE)
@@ -95,9 +102,10 @@ async def optional_principal(
     if signed_in is None:
         return None
     principal, csrf_token = signed_in
+    vouch(request, secret)
     request.state.csrf_token = csrf_token
     if request.method not in SAFE_METHODS and not csrf_matches(
-        csrf_token, await _csrf_offered(request)
+        csrf_token, await _csrf_offered(request, node.settings.max_json_body_bytes)
     ):
         raise CsrfRefused("the form or request lacks a valid CSRF token; reload the page")
     return principal

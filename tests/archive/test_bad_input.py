@@ -9,12 +9,15 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 
+from archive.config import Settings
 from archive.datasets import NewEntry, commit_version, iter_entries, parse_ref
 from archive.errors import InvalidTree, MissingBlobs, UnsupportedFile
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
+from tests.archive.conftest import Cli
 from tests.support.archive_state import snapshot
 
 
@@ -194,3 +197,30 @@ def test_a_name_of_a_thousand_bytes(local_node: ArchiveNode, tmp_path: Path) -> 
     with local_node.session() as session:
         (entry,) = list(iter_entries(1, session=session))
     assert len(entry.path.encode()) == 1003
+
+
+@pytest.mark.slow
+def test_a_hundred_thousand_files_in_one_folder(cli: Cli, tmp_path: Path) -> None:
+    """Through the CLI: every file catalogued with the digest of its own bytes."""
+    src = tmp_path / "flat"
+    src.mkdir()
+    count = 100_000
+    for i in range(count):
+        fd = os.open(src / f"f{i:06d}.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, b"%d\n" % i)  # distinct, so 100,000 blobs as well
+        os.close(fd)
+    report = cli.json("ingest", str(src), "-C", "lab", "-D", "flat")
+    assert isinstance(report, dict)
+    assert (report["files"], report["new_blobs"], report["version"]) == (count, count, 1)
+    node = ArchiveNode.open(Settings(data_dir=cli.cwd / "permafrost-data"), upgrade=False)
+    try:
+        with node.session() as session:
+            got = {e.path: (e.b3, e.size) for e in iter_entries(1, session=session)}
+    finally:
+        node.close()
+    want = {
+        f"f{i:06d}.txt": (blake3.blake3(b"%d\n" % i).hexdigest(), len(b"%d\n" % i))
+        for i in range(count)
+    }
+    assert got == want
+    assert cli("get", "lab/flat", "f099999.txt", "-o", "-").stdout == "99999\n"

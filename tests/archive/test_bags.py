@@ -354,3 +354,47 @@ def test_export_streams_in_flat_memory(local_node: ArchiveNode, tmp_path: Path) 
         tracemalloc.stop()
     # About 12 MiB whatever the size (a few read chunks): bounded, not proportional.
     assert peak < 20 * MiB, f"peak {peak / MiB:.1f} MiB while exporting a {size // MiB} MiB file"
+
+
+def _ghost_lines(start: int, count: int) -> bytes:
+    names = range(start, start + count)
+    return b"".join(b"%s  data/ghost-%07d.txt\n" % (b"0" * 64, i) for i in names)
+
+
+def test_a_manifest_of_a_million_lines_more_is_refused_unread(
+    local_node: ArchiveNode, tmp_path: Path
+) -> None:
+    """A small bag whose manifest names a million files more: refused before bagit
+    parses it (it would hold every line in memory, then list a million missing files)."""
+    src = write_tree(tmp_path / "bag", {"a.txt": b"a\n", "b.txt": b"b\n"})
+    bagit.make_bag(str(src), checksums=["sha256"])
+    manifest = src / "manifest-sha256.txt"
+    with open(manifest, "ab") as fh:
+        for start in range(0, 1_000_000, 100_000):
+            fh.write(_ghost_lines(start, 100_000))
+    before = snapshot(local_node)
+    with pytest.raises(InvalidBag) as refused:
+        import_bag(local_node, src, "lab", "ghosts")
+    assert snapshot(local_node) == before
+    assert refused.value.reasons == [
+        "manifest-sha256.txt has more than 1,000,000 lines, the most a manifest may have "
+        "here (bag_max_manifest_lines); it was not read"
+    ]
+
+
+def test_the_manifest_limit_is_a_setting(local_node: ArchiveNode, tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "bag", {f"f{i}.txt": b"%d\n" % i for i in range(12)})
+    bagit.make_bag(str(src), checksums=["sha256", "sha512"])
+    strict = ArchiveNode.open(local_node.settings.model_copy(update={"bag_max_manifest_lines": 10}))
+    try:
+        before = snapshot(strict)
+        with pytest.raises(InvalidBag) as refused:
+            import_bag(strict, src, "lab", "twelve")
+        assert snapshot(strict) == before
+        assert sorted(r.split()[0] for r in refused.value.reasons) == [
+            "manifest-sha256.txt",
+            "manifest-sha512.txt",
+        ]
+    finally:
+        strict.close()
+    assert import_bag(local_node, src, "lab", "twelve").files == 12

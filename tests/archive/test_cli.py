@@ -6,10 +6,6 @@ import hashlib
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import blake3
@@ -17,6 +13,7 @@ import httpx
 import pytest
 
 from tests.archive.conftest import Cli
+from tests.support.server import permafrost_serve
 
 MiB = 1024 * 1024
 
@@ -170,29 +167,8 @@ def test_serve_answers_over_http(cli: Cli, tree: dict[str, bytes], tmp_path: Pat
     """`permafrost serve` on the embedded default: first run makes an admin who can sign
     in; a token from `permafrost token create` reads what the CLI ingested."""
     cli("ingest", str(tmp_path / "src"), "-C", "lab", "-D", "d1")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log = tmp_path / "serve.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "archive.cli", "serve", "--port", str(port)],
-            cwd=cli.cwd,
-            env=cli.env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+    with permafrost_serve(cli.cwd, cli.env, log=log) as base:
         said = re.search(r"sign in at (\S+)/login as admin with password (\S+) ", log.read_text())
         assert said is not None, log.read_text()
         assert said[1] == base
@@ -215,6 +191,3 @@ def test_serve_answers_over_http(cli: Cli, tree: dict[str, bytes], tmp_path: Pat
         assert got.status_code == 200
         assert got.content == tree["sub/b.csv"]
         assert got.headers["etag"] == f'"{blake3.blake3(tree["sub/b.csv"]).hexdigest()}"'
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from archive.catalog import models
 from archive.client import ArchiveClient
 from archive.config import Settings
 from archive.node import ArchiveNode
-from tests.web.conftest import ADMIN_TOKEN, content
+from tests.web.conftest import ADMIN_TOKEN, AUTH, content
 from tests.web.test_uploads import API, count, put
 from web.app import create_app
 
@@ -154,3 +155,34 @@ def test_a_commit_in_the_wrong_media_type_is_refused(
     )
     assert as_text.status_code == 422  # the JSON route takes JSON only
     assert count(node, models.Version) == 0
+
+
+@pytest.mark.slow
+def test_a_commit_of_more_than_a_million_entries_is_refused_and_commits_nothing(
+    tmp_path: Path, live_server: Callable[[FastAPI], str]
+) -> None:
+    """1,000,001 entries, streamed: 422 at the first entry past the cap, nothing committed."""
+    settings = Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)
+    app = create_app(settings)
+    base = live_server(app)
+    blob = content(b"named a million times\n")
+
+    def body() -> Iterator[bytes]:
+        yield ndjson({"message": "too many"})
+        for start in range(0, 1_000_001, 10_000):
+            names = range(start, min(start + 10_000, 1_000_001))
+            yield b"".join(
+                b'{"path":"d%04d/f%07d","blake3":"%s"}\n' % (i // 1000, i, blob.b3.encode())
+                for i in names
+            )
+
+    with httpx.Client(base_url=base, headers=AUTH, timeout=300) as http:
+        assert http.put(f"{API}/blobs/{blob.b3}", content=blob.data).status_code == 201
+        answer = http.post(STREAM, content=body(), headers=NDJSON)
+        assert answer.status_code == 422, answer.text
+        assert "more than 1,000,000 entries" in answer.json()["detail"]
+        assert http.get(f"{API}/datasets/lab/run1").status_code == 404
+        assert http.get("/healthz").status_code == 200
+    node: ArchiveNode = app.state.node
+    assert count(node, models.Version) == 0
+    assert count(node, models.Entry) == 0

@@ -28,7 +28,9 @@ from archive.bag_import import import_bag
 from archive.catalog.models import Permission
 from archive.safe_extract import ExtractLimits
 from web.api import API_PREFIX
+from web.api.blobs import upload_slot
 from web.auth import PrincipalDep
+from web.body_limits import body_limit
 from web.deps import NodeDep, resolve_version
 from web.schemas import NAME_PATTERN, ErrorPublic, VersionPublic
 
@@ -94,6 +96,7 @@ async def _receive(request: Request, target: Path, limit: int) -> int:
         }
     },
 )
+@body_limit("upload")
 async def upload_bag(
     request: Request,
     node: NodeDep,
@@ -109,22 +112,23 @@ async def upload_bag(
     """
     if not principal.is_admin:
         principal.require(collection, Permission.WRITE, what=f"collection {collection!r}")
-    scratch = node.settings.data_dir / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="permafrost-upload-", dir=scratch) as folder:
-        upload = Path(folder) / "bag"
-        await _receive(request, upload, limits.max_bytes)
-        run = functools.partial(
-            import_bag,
-            node,
-            upload,
-            collection,
-            dataset,
-            limits=limits,
-            tmp_dir=scratch,
-            agent=f"permafrost/api ({principal.username})",
-        )
-        report = await anyio.to_thread.run_sync(run)
+    async with upload_slot(request):  # the bag's bytes and its whole import
+        scratch = node.settings.data_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="permafrost-upload-", dir=scratch) as folder:
+            upload = Path(folder) / "bag"
+            await _receive(request, upload, limits.max_bytes)
+            run = functools.partial(
+                import_bag,
+                node,
+                upload,
+                collection,
+                dataset,
+                limits=limits,
+                tmp_dir=scratch,
+                agent=f"permafrost/api ({principal.username})",
+            )
+            report = await anyio.to_thread.run_sync(run)
     if not report.created:
         response.status_code = status.HTTP_200_OK
     with node.session() as session:

@@ -11,18 +11,24 @@ Only callers who may write to some collection upload. What the archive holds is
 answered per caller (:func:`archive.access.claimable_blobs`): content the caller
 cannot read is reported missing, so it must send the bytes (which proves it has
 them) before it can name them in a version.
+
+Back-pressure: one process takes at most ``max_concurrent_uploads`` uploads at
+once (this route, resumable appends, bags), counting those that wait for one of the
+``upload_threads``; one more is refused with 503 and ``Retry-After`` before its
+body is read, rather than queued without bound.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 
 from archive.access import Principal, claimable_blobs, grant_upload, needs_grant
 from archive.datasets import blobs_missing
@@ -30,13 +36,14 @@ from archive.errors import Forbidden
 from archive.node import ArchiveNode
 from archive.upload import store_stream
 from web.auth import PrincipalDep
+from web.body_limits import body_limit
 from web.deps import BlobAddress, NodeDep, SessionDep
 from web.schemas import BlobPublic, BlobQuery, ErrorPublic, MissingPublic
 
 router = APIRouter(prefix="/blobs", tags=["blobs"])
 
-#: At most this many uploads are hashed and written at once; others wait their turn.
-UPLOAD_THREADS = 16
+#: Seconds a client refused for lack of an upload slot is asked to wait.
+BUSY_RETRY_AFTER = "2"
 #: Body bytes gathered in the event loop before the worker thread takes them.
 PIECE = 1024 * 1024
 
@@ -101,9 +108,34 @@ def upload_limiter(request: Request) -> anyio.CapacityLimiter:
     """The app's upload limiter, made on first use (inside the event loop, as anyio wants)."""
     state = request.app.state
     if getattr(state, "upload_limiter", None) is None:
-        state.upload_limiter = anyio.CapacityLimiter(UPLOAD_THREADS)
+        node: ArchiveNode = state.node
+        state.upload_limiter = anyio.CapacityLimiter(node.settings.upload_threads)
     limiter: anyio.CapacityLimiter = state.upload_limiter
     return limiter
+
+
+@asynccontextmanager
+async def upload_slot(request: Request) -> AsyncIterator[None]:
+    """Hold one of the process's upload slots for the block; 503 when none is free.
+
+    The count lives in the app's state and changes only on the event loop (never in
+    a worker thread), so it needs no lock.
+    """
+    state = request.app.state
+    node: ArchiveNode = state.node
+    taken: int = getattr(state, "uploads_in_progress", 0)
+    if taken >= node.settings.max_concurrent_uploads:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{taken} uploads are in progress, the most this server takes at once; "
+            "try again shortly",
+            headers={"Retry-After": BUSY_RETRY_AFTER},
+        )
+    state.uploads_in_progress = taken + 1
+    try:
+        yield
+    finally:
+        state.uploads_in_progress -= 1
 
 
 @router.put(
@@ -113,6 +145,7 @@ def upload_limiter(request: Request) -> anyio.CapacityLimiter:
     responses={
         200: {"model": BlobPublic, "description": "Already held (the body was still checked)"},
         422: {"model": ErrorPublic, "description": "The body does not hash to the address"},
+        503: {"model": ErrorPublic, "description": "Too many uploads at once (`Retry-After`)"},
     },
     openapi_extra={
         "requestBody": {
@@ -123,6 +156,7 @@ def upload_limiter(request: Request) -> anyio.CapacityLimiter:
         }
     },
 )
+@body_limit("upload")
 async def put_blob(
     b3: BlobAddress,
     request: Request,
@@ -150,7 +184,8 @@ async def put_blob(
         expect_sha256=sha256.lower() if sha256 else None,
         size=size,
     )
-    digest, created = await anyio.to_thread.run_sync(store, limiter=upload_limiter(request))
+    async with upload_slot(request):
+        digest, created = await anyio.to_thread.run_sync(store, limiter=upload_limiter(request))
     await anyio.to_thread.run_sync(_record_grant, node, principal, digest.b3)
     if not created:
         response.status_code = status.HTTP_200_OK

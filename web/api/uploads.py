@@ -24,11 +24,12 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from archive.access import Principal, grant_upload
-from archive.errors import Forbidden, InvalidInput
+from archive.errors import Forbidden, InvalidInput, TooLarge
 from archive.node import ArchiveNode
 from archive.resumable import UploadArea, UploadState
-from web.api.blobs import upload_limiter
+from web.api.blobs import upload_limiter, upload_slot
 from web.auth import PrincipalDep
+from web.body_limits import body_limit
 from web.deps import NodeDep
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
@@ -82,8 +83,11 @@ def create_upload(
     upload_length: Annotated[int, Header(alias="Upload-Length", ge=0)],
 ) -> Response:
     """Start an upload of ``Upload-Length`` bytes; ``Location`` names it."""
+    owner = _owner(principal)
+    if upload_length > node.settings.max_upload_bytes:  # before any byte reaches the disk
+        raise TooLarge(node.settings.max_upload_bytes)
     area = UploadArea.of(node)
-    state = area.create(_owner(principal), upload_length)
+    state = area.create(owner, upload_length)
     if upload_length == 0:  # nothing will be appended: store the empty file now
         state = _append_and_finish(node, principal, state, 0, iter(()))
     return Response(
@@ -154,6 +158,7 @@ def _locks(request: Request) -> dict[str, anyio.Lock]:
 
 
 @router.patch("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@body_limit("upload")
 async def append_upload(
     upload_id: str,
     request: Request,
@@ -169,7 +174,7 @@ async def append_upload(
     await anyio.to_thread.run_sync(UploadArea.of(node).get, upload_id, owner)  # 404 if not theirs
     locks = _locks(request)
     lock = locks.setdefault(upload_id, anyio.Lock())
-    async with lock:  # one append at a time per upload; the next sees the new offset
+    async with upload_slot(request), lock:  # one append at a time per upload
         state = await anyio.to_thread.run_sync(UploadArea.of(node).get, upload_id, owner)
         run = functools.partial(
             _append_and_finish, node, principal, state, upload_offset, _pieces(request.stream())

@@ -28,6 +28,7 @@ from archive.errors import InvalidInput, MissingBlobs
 from archive.node import ArchiveNode
 from archive.paths import MAX_PATH_BYTES, normalize_paths
 from web.auth import PrincipalDep
+from web.body_limits import body_limit
 from web.deps import (
     CollectionName,
     DatasetName,
@@ -107,6 +108,7 @@ def read_entries(
         409: {"model": ErrorPublic, "description": "Blobs not held (`missing` lists them)"},
     },
 )
+@body_limit("commit")
 def create_version(
     collection: CollectionName,
     dataset: DatasetName,
@@ -194,6 +196,7 @@ _NDJSON_BODY: dict[str, Any] = {
         422: {"model": ErrorPublic, "description": "A line is not valid (`detail` says which)"},
     },
 )
+@body_limit("upload")
 async def create_version_stream(
     collection: CollectionName,
     dataset: DatasetName,
