@@ -77,9 +77,8 @@ def _missing_for(principal: Principal, b3s: list[str], session: SessionDep) -> l
 
 
 def _record_grant(node: ArchiveNode, principal: Principal, b3: str) -> None:
-    if needs_grant(principal):  # else no transaction at all: it would wait for the write lock
-        with node.session() as session:
-            grant_upload(principal, b3, session=session)
+    with node.session() as session:
+        grant_upload(principal, b3, session=session)
 
 
 def _chunks_from_loop(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
@@ -176,17 +175,23 @@ async def put_blob(
     _require_uploader(principal)
     declared = request.headers.get("content-length")
     size = int(declared) if declared is not None and declared.isdigit() else None
-    store = functools.partial(
-        store_stream,
-        node,
-        _chunks_from_loop(request.stream()),
-        expect_b3=b3,
-        expect_sha256=sha256.lower() if sha256 else None,
-        size=size,
-    )
     async with upload_slot(request):
+        chunks: Iterator[bytes]
+        if size is not None and size <= PIECE:  # most uploads: one piece, read right here
+            chunks = iter([await request.body()])
+        else:
+            chunks = _chunks_from_loop(request.stream())
+        store = functools.partial(
+            store_stream,
+            node,
+            chunks,
+            expect_b3=b3,
+            expect_sha256=sha256.lower() if sha256 else None,
+            size=size,
+        )
         digest, created = await anyio.to_thread.run_sync(store, limiter=upload_limiter(request))
-    await anyio.to_thread.run_sync(_record_grant, node, principal, digest.b3)
+    if needs_grant(principal):
+        await anyio.to_thread.run_sync(_record_grant, node, principal, digest.b3)
     if not created:
         response.status_code = status.HTTP_200_OK
     return BlobPublic(
