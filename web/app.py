@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from archive.config import Settings, load_settings
 from archive.node import ArchiveNode
+from federation.api import router as federation_router
 from web.api import api_router, health
 from web.api.bags import bags_router
 from web.api.events import metrics_router
@@ -56,5 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(api_router())
     app.include_router(bags_router())
+    app.include_router(federation_router)
     install_portal(app)
     return app
