@@ -226,11 +226,11 @@ class Worker:
             assert blob is not None
             sources = sources_of(b3, tier, session=session)
         try:
-            verified = copy_loose(self.node, Claimed(replica_id, blob, tier), sources)
+            copied = copy_loose(self.node, Claimed(replica_id, blob, tier), sources)
         except (TierError, PermafrostError) as exc:
             self._failed([replica_id], failures, tier, b3, exc)
             return 0
-        self._succeeded([replica_id], tier, [b3], verified=verified)
+        self._succeeded([replica_id], tier, [b3], verified=copied.verified, key=copied.key)
         return 1
 
     def _replicate_packed(self) -> int:
@@ -291,9 +291,18 @@ class Worker:
         with self.node.session() as session:
             return {tid: name for name, tid in self.node.tier_ids(session=session).items()}
 
-    def _succeeded(self, ids: list[int], tier: str, b3s: list[str], *, verified: bool) -> None:
+    def _succeeded(
+        self,
+        ids: list[int],
+        tier: str,
+        b3s: list[str],
+        *,
+        verified: str | None,
+        key: str | None = None,
+    ) -> None:
         now = utcnow()
         R = models.Replica
+        renamed = {} if key is None else {"key": key}
         with self.node.session() as session:
             result = session.execute(
                 sa.update(R)
@@ -307,6 +316,7 @@ class Worker:
                     # is the first verification; audits (issue 4) re-check later.
                     last_verified_at=now,
                     updated_at=now,
+                    **renamed,
                 )
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
@@ -319,7 +329,7 @@ class Worker:
                         object_id=b3,
                         tier=tier,
                         outcome=EventOutcome.SUCCESS,
-                        detail={"verified": "read back" if verified else "write-time digest"},
+                        detail={"verified": verified or "write-time digest"},
                         agent=AGENT,
                     )
                 )

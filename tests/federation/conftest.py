@@ -1,0 +1,118 @@
+"""Two real Permafrost nodes on loopback: a *home* institution and its *partner*.
+
+Each has its own catalog (SQLite, or a PostgreSQL schema each) and data folder and
+runs the real app under uvicorn on a free port. The home node declares a tier of
+kind ``federation`` pointing at the partner, and the partner registers the home
+node's public key with a quota. Tests drive the home node's replication, audit and
+repair engines on an :class:`ArchiveNode` sharing the home server's catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from archive.config import FederationTierConfig, LocalTierConfig, Settings
+from archive.identity import ensure_node_key, public_key_text
+from archive.node import ArchiveNode
+from federation.partners import add_partner
+from federation.sealing import make_collection_key
+from tests.support.server import serve
+from web.app import create_app
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Running:
+    """One node: its settings, its server's URL, and the app (``app.state.node``)."""
+
+    name: str
+    settings: Settings
+    url: str
+    app: FastAPI
+
+    @property
+    def node(self) -> ArchiveNode:
+        node: ArchiveNode = self.app.state.node
+        return node
+
+    @property
+    def public_key(self) -> str:
+        return public_key_text(ensure_node_key(self.settings.node_key_path)[0])
+
+    @property
+    def hot_path(self) -> Path:
+        hot = self.settings.tiers["hot"]
+        assert isinstance(hot, LocalTierConfig)
+        return hot.path
+
+
+@dataclass
+class Pair:
+    home: Running
+    partner: Running
+    engine: ArchiveNode
+    """The home archive, opened like a worker process next to the home server."""
+
+
+def _settings(data: Path, database_url: str | None, **extra: Any) -> Settings:
+    tiers: dict[str, Any] = {"hot": LocalTierConfig(path=data / "tiers" / "hot", fsync=False)}
+    tiers.update(extra.pop("tiers", {}))
+    return Settings(data_dir=data, database_url=database_url, tiers=tiers, **extra)
+
+
+PairFactory = Callable[..., Pair]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def home_database(request: pytest.FixtureRequest) -> str | None:
+    """The home catalog: SQLite (None: the default file), or a fresh PostgreSQL schema.
+    The partner's catalog is always its own SQLite file."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_schema_url")
+        return url
+    return None
+
+
+@pytest.fixture
+def make_pair(tmp_path: Path, home_database: str | None) -> Iterator[PairFactory]:
+    """``make_pair(quota=..., encrypt=...)`` starts the partner, then home, paired."""
+    with ExitStack() as stack:
+
+        def start(name: str, settings: Settings) -> Running:
+            ensure_node_key(settings.node_key_path)
+            app = create_app(settings)
+            url = stack.enter_context(serve(app))
+            return Running(name, settings, url, app)
+
+        def factory(*, quota: int = 1024 * MiB, encrypt: bool = False, **home_extra: Any) -> Pair:
+            partner = start("partner", _settings(tmp_path / "partner", None))
+            key_file = None
+            if encrypt:
+                key_file = tmp_path / "home" / "keys" / "collection.key"
+                make_collection_key(key_file)
+            remote = FederationTierConfig(
+                url=partner.url, encrypt=encrypt, collection_key_file=key_file
+            )
+            home_settings = _settings(
+                tmp_path / "home",
+                home_database,
+                tiers={"partner": remote},
+                public_url="http://home.invalid",
+                **home_extra,
+            )
+            home = start("home", home_settings)
+            with partner.node.session() as session:
+                add_partner("home", home.url, home.public_key, quota, session=session)
+            engine = ArchiveNode.open(home.settings)
+            stack.callback(engine.close)
+            return Pair(home, partner, engine)
+
+        yield factory
