@@ -7,7 +7,7 @@ hashed as they pass (SHA-256 for the signed ``Content-Digest``, BLAKE3 by the ti
 for the address) and promoted only when both hold, so a bad request stores nothing:
 
 * ``PUT/GET/HEAD/DELETE /blobs/{address}``: opaque bytes named by their BLAKE3.
-* ``PUT/GET /manifests/{dataset}/v{N}.json``: a version manifest, JSON or sealed bytes.
+* ``PUT/GET /manifests/{collection}/{dataset}/v{N}.json``: a version manifest, JSON or sealed bytes.
 * ``GET /inventory``: what we hold for the caller, in pages; ``GET /usage``: bytes and quota.
 * ``POST /proofs``: proof of possession, the keyed BLAKE3 of each blob's stored bytes
   under a fresh key the caller chose, which cannot be answered without reading them.
@@ -33,9 +33,8 @@ from federation.errors import BadFederationRequest, UnsupportedMediaType
 from federation.partners import (
     ADDRESS,
     BLOB,
-    DATASET,
     MANIFEST,
-    MANIFEST_FILE,
+    MANIFEST_NAME,
     check_quota,
     find_held,
     forget_held,
@@ -101,12 +100,12 @@ def _address(address: str) -> str:
     return address
 
 
-def _manifest_name(dataset: str, name: str) -> str:
-    if not DATASET.match(dataset) or not MANIFEST_FILE.match(name):
+def _manifest_name(name: str) -> str:
+    if not MANIFEST_NAME.match(name):
         raise BadFederationRequest(
-            f"bad manifest name {dataset[:80]!r}/{name[:40]!r}: a dataset id and v<N>.json"
+            f"bad manifest name {name[:120]!r}: <collection>/<dataset>/v<N>.json"
         )
-    return f"{dataset}/{name}"
+    return name
 
 
 def _declared_length(request: Request, limit: int | None = None) -> int:
@@ -292,14 +291,14 @@ async def delete_blob(address: str, request: Request, caller: CallerDep) -> Resp
 
 
 # -- manifests ----------------------------------------------------------------------------
-@router.put("/manifests/{dataset}/{name}", status_code=status.HTTP_201_CREATED)
+@router.put("/manifests/{name:path}", status_code=status.HTTP_201_CREATED)
 async def put_manifest(
-    dataset: str, name: str, request: Request, response: Response, caller: CallerDep
+    name: str, request: Request, response: Response, caller: CallerDep
 ) -> dict[str, Any]:
     """Store a manifest: canonical JSON (``application/json``) or sealed bytes
     (``application/octet-stream``). Write-once: the same bytes again answer 200."""
     node = _node(request)
-    full = _manifest_name(dataset, name)
+    full = _manifest_name(name)
     media = _media_type(request, "application/json", "application/octet-stream")
     size = _declared_length(request, MAX_MANIFEST)
     body = await _receive(request, caller, size, None)
@@ -332,10 +331,10 @@ async def put_manifest(
     return {"name": full, "size": size, "b3": b3}
 
 
-@router.get("/manifests/{dataset}/{name}")
-async def get_manifest(dataset: str, name: str, request: Request, caller: CallerDep) -> Response:
+@router.get("/manifests/{name:path}")
+async def get_manifest(name: str, request: Request, caller: CallerDep) -> Response:
     node = _node(request)
-    full = _manifest_name(dataset, name)
+    full = _manifest_name(name)
 
     def read() -> bytes:
         _held_or_404(node, caller, MANIFEST, full)

@@ -24,8 +24,11 @@ from tiers import Tier
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ADDRESS = re.compile(r"^[0-9a-f]{64}$")
-DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,199}$")
-MANIFEST_FILE = re.compile(r"^v[1-9][0-9]{0,8}\.json$")
+#: ``<collection>/<dataset>/v<N>.json`` (``archive.manifest.manifest_key`` without
+#: ``manifests/``): plain segments that start with a letter or digit, so never ``..``.
+MANIFEST_NAME = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9][A-Za-z0-9._-]{0,99}/v[1-9][0-9]{0,8}\.json$"
+)
 BLOB, MANIFEST = "blob", "manifest"
 
 

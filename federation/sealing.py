@@ -100,24 +100,25 @@ class Sealer:
                 a caller that must not use unauthenticated bytes hashes them first).
         """
         source = iter(chunks)
-        head = b""
+        held = b""
         for chunk in source:
-            head += chunk
-            if len(head) >= HEADER_SIZE:
+            held += chunk
+            if len(held) >= HEADER_SIZE:
                 break
-        if len(head) < HEADER_SIZE + TAG_SIZE and not head.startswith(MAGIC):
+        if len(held) < HEADER_SIZE or not held.startswith(MAGIC):
             raise SealBroken("not a sealed object")
-        if not head.startswith(MAGIC):
-            raise SealBroken("not a sealed object (bad magic)")
-        decryptor = self._cipher(head[len(MAGIC) : HEADER_SIZE]).decryptor()
-        held = head[HEADER_SIZE:]
+        decryptor = self._cipher(held[len(MAGIC) : HEADER_SIZE]).decryptor()
+        held = held[HEADER_SIZE:]
         for chunk in source:
             held += chunk
             if len(held) > TAG_SIZE:
                 yield decryptor.update(held[:-TAG_SIZE])
                 held = held[-TAG_SIZE:]
-        if len(held) != TAG_SIZE:
+        if len(held) < TAG_SIZE:
             raise SealBroken("sealed object too short")
+        if len(held) > TAG_SIZE:
+            yield decryptor.update(held[:-TAG_SIZE])
+            held = held[-TAG_SIZE:]
         try:
             yield decryptor.finalize_with_tag(held)
         except InvalidTag as exc:

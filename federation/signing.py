@@ -72,12 +72,14 @@ class RequestSigner:
             signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(key)
         )
 
-    def sign(self, request: Any, *, digest: str = EMPTY_DIGEST) -> None:
+    def sign(
+        self, request: Any, *, digest: str = EMPTY_DIGEST, created: dt.datetime | None = None
+    ) -> None:
         request.headers["Content-Digest"] = digest
         self._signer.sign(
             request,
             key_id=self.key_id,
-            created=dt.datetime.now(dt.UTC),
+            created=created or dt.datetime.now(dt.UTC),
             nonce=secrets.token_urlsafe(24),
             label=LABEL,
             tag=TAG,

@@ -37,6 +37,7 @@ import blake3
 from archive.errors import ConfigError
 from archive.identity import load_node_key
 from federation.client import FederationClient
+from federation.partners import MANIFEST_NAME
 from federation.sealing import SealBroken, Sealer, load_collection_key, plain_size
 from tiers import (
     CHUNK_SIZE,
@@ -51,9 +52,7 @@ from tiers import (
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 PROOF_BATCH = 1000
 _BLOB_KEY = re.compile(r"^blobs/b3/[0-9a-f]{2}/[0-9a-f]{2}/([0-9a-f]{64})$")
-_MANIFEST_KEY = re.compile(
-    r"^manifests/([A-Za-z0-9][A-Za-z0-9:._-]{0,199}/v[1-9][0-9]{0,8}\.json)$"
-)
+_MANIFEST_KEY = re.compile(r"^manifests/(" + MANIFEST_NAME.pattern.strip("^$") + r")$")
 
 
 def address_key(address: str) -> str:

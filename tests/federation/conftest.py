@@ -37,6 +37,8 @@ class Running:
     settings: Settings
     url: str
     app: FastAPI
+    stop: Callable[[], None]
+    """Stop the server now (it is stopped at teardown anyway)."""
 
     @property
     def node(self) -> ArchiveNode:
@@ -69,6 +71,7 @@ def _settings(data: Path, database_url: str | None, **extra: Any) -> Settings:
 
 
 PairFactory = Callable[..., Pair]
+Wrapper = Callable[[Any], Any]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -86,14 +89,22 @@ def make_pair(tmp_path: Path, home_database: str | None) -> Iterator[PairFactory
     """``make_pair(quota=..., encrypt=...)`` starts the partner, then home, paired."""
     with ExitStack() as stack:
 
-        def start(name: str, settings: Settings) -> Running:
+        def start(name: str, settings: Settings, wrap: Wrapper | None = None) -> Running:
             ensure_node_key(settings.node_key_path)
             app = create_app(settings)
-            url = stack.enter_context(serve(app))
-            return Running(name, settings, url, app)
+            server = stack.enter_context(ExitStack())
+            url = server.enter_context(serve(wrap(app) if wrap else app))  # type: ignore[arg-type]
+            return Running(name, settings, url, app, server.close)
 
-        def factory(*, quota: int = 1024 * MiB, encrypt: bool = False, **home_extra: Any) -> Pair:
-            partner = start("partner", _settings(tmp_path / "partner", None))
+        def factory(
+            *,
+            quota: int = 1024 * MiB,
+            encrypt: bool = False,
+            partner_wrap: Wrapper | None = None,
+            **home_extra: Any,
+        ) -> Pair:
+            """``partner_wrap`` puts ASGI middleware in front of the partner (a cheat)."""
+            partner = start("partner", _settings(tmp_path / "partner", None), partner_wrap)
             key_file = None
             if encrypt:
                 key_file = tmp_path / "home" / "keys" / "collection.key"
