@@ -40,7 +40,7 @@ class FederationClient:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.signer = RequestSigner(key)
-        self.http = httpx.Client(timeout=timeout)
+        self.http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
 
     def close(self) -> None:
         self.http.close()
