@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from sqlmodel import select
 
+from archive.catalog import models
 from archive.config import FederationTierConfig, LocalTierConfig, Settings
-from archive.identity import ensure_node_key, public_key_text
+from archive.identity import ensure_node_key, load_node_key, public_key_text
 from archive.node import ArchiveNode
+from federation.client import FederationClient
 from federation.partners import add_partner
 from federation.sealing import make_collection_key
 from tests.support.server import serve
@@ -127,3 +131,30 @@ def make_pair(tmp_path: Path, home_database: str | None) -> Iterator[PairFactory
             return Pair(home, partner, engine)
 
         yield factory
+
+
+Connect = Callable[..., FederationClient]
+
+
+@pytest.fixture
+def client_of() -> Iterator[Connect]:
+    """``client_of(pair, key=None)``: a client of the partner signing as home (or ``key``)."""
+    clients: list[FederationClient] = []
+
+    def connect(pair: Pair, key: Ed25519PrivateKey | None = None) -> FederationClient:
+        signing = key or load_node_key(pair.home.settings.node_key_path)
+        clients.append(FederationClient(pair.partner.url, signing, name="partner"))
+        return clients[-1]
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+def held(pair: Pair) -> tuple[list[tuple[str, str]], list[str]]:
+    """What the partner holds for anyone: catalog rows and files under partners/."""
+    with pair.partner.node.session() as session:
+        rows = [(h.kind, h.name) for h in session.exec(select(models.HeldObject)).all()]
+    root = pair.partner.hot_path / "partners"
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return rows, files

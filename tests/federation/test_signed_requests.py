@@ -8,46 +8,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlmodel import select
 
-from archive.catalog import models
-from archive.identity import load_node_key
 from archive.packs import blob_key
 from federation.client import FederationClient
-from tests.federation.conftest import MiB, Pair, PairFactory
-
-Connect = Callable[..., FederationClient]
+from tests.federation.conftest import Connect, MiB, PairFactory, held
 
 
 @pytest.fixture
-def client_of() -> Iterator[Connect]:
-    """``client_of(pair, key=None)``: a client of the partner signing as home (or ``key``)."""
-    clients: list[FederationClient] = []
-
-    def connect(pair: Pair, key: Ed25519PrivateKey | None = None) -> FederationClient:
-        signing = key or load_node_key(pair.home.settings.node_key_path)
-        clients.append(FederationClient(pair.partner.url, signing, name="partner"))
-        return clients[-1]
-
-    yield connect
-    for client in clients:
-        client.close()
-
-
-def held(pair: Pair) -> tuple[list[tuple[str, str]], list[str]]:
-    """What the partner holds for anyone: catalog rows and files under partners/."""
-    with pair.partner.node.session() as session:
-        rows = [(h.kind, h.name) for h in session.exec(select(models.HeldObject)).all()]
-    root = pair.partner.hot_path / "partners"
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.exists() else []
-    return rows, files
+def home_database() -> None:
+    """These tests are about the partner's entry point: home's catalog is SQLite only."""
+    return None
 
 
 def put_request(client: FederationClient, data: bytes, address: str | None = None) -> httpx.Request:
