@@ -118,6 +118,10 @@ class FederationTierConfig(_TierBase):
     """32 random bytes (``permafrost partner key``); needed when ``encrypt`` is on."""
     node_key_file: Path | None = None
     timeout_seconds: float = Field(default=60.0, gt=0)
+    prove_after_put: bool = True
+    """Have the partner prove it holds each copy right after accepting it (it re-reads
+    the bytes); off, a copy rests on the partner's own check of its address until the
+    first scheduled audit."""
 
     @model_validator(mode="after")
     def _key_for_encryption(self) -> FederationTierConfig:

@@ -195,8 +195,8 @@ def copy_loose(node: ArchiveNode, item: Claimed, sources: Sequence[Location]) ->
     # ObjectExists: an earlier attempt (or a crashed worker) promoted it; proven below.
     with contextlib.suppress(ObjectExists):
         key = _stream_from_any(node, sources, target, blob).key
-    if isinstance(target, ProvingTier):  # its promote had the partner prove the bytes
-        return Copied("proof of possession", key)
+    if isinstance(target, ProvingTier):  # the partner checked the address, maybe proved it
+        return Copied(target.put_check, key)
     if not target.capabilities.needs_restore:
         found = _read_back(target, key)
         if found != blob.stored_b3:

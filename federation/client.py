@@ -27,9 +27,13 @@ PREFIX = "/federation/v1"
 class PartnerRefused(TierError):
     """The partner understood the request and said no (4xx other than 404)."""
 
-    def __init__(self, status: int, detail: str, *, tier: str | None, key: str | None) -> None:
-        super().__init__(f"partner answered {status}: {detail}", tier=tier, key=key)
+    def __init__(
+        self, status: int, error: str, detail: str, *, tier: str | None, key: str | None
+    ) -> None:
+        super().__init__(f"partner answered {status} {error}: {detail}", tier=tier, key=key)
         self.status = status
+        self.error = error
+        """The partner's error class (``QuotaExceeded``, ``AddressMismatch``, ...)."""
         self.detail = detail
 
 
@@ -82,14 +86,14 @@ class FederationClient:
         if stream:
             response.read()
             response.close()
-        detail = _detail(response)
+        error, detail = _error(response)
         if response.status_code == 404:
             raise ObjectNotFound(f"partner does not hold it: {detail}", tier=self.name, key=key)
         if response.status_code >= 500 and response.status_code != 507:
             raise TierUnavailable(
                 f"partner answered {response.status_code}: {detail}", tier=self.name, key=key
             )
-        raise PartnerRefused(response.status_code, detail, tier=self.name, key=key)
+        raise PartnerRefused(response.status_code, error, detail, tier=self.name, key=key)
 
     # -- blobs ------------------------------------------------------------------------
     def put_blob(self, address: str, body: Iterable[bytes], *, size: int, sha256: bytes) -> bool:
@@ -177,11 +181,12 @@ class FederationClient:
         return proofs
 
 
-def _detail(response: httpx.Response) -> str:
+def _error(response: httpx.Response) -> tuple[str, str]:
+    """The partner's error class and explanation (``web.errors`` bodies)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:500]
+        return "", response.text[:500]
     if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])[:500]
-    return str(body)[:500]
+        return str(body.get("error", "")), str(body["detail"])[:500]
+    return "", str(body)[:500]

@@ -7,7 +7,8 @@ They extend the archive's tree, so the web layer renders them like any other::
     │   └── SignatureRefused(reason)      unsigned, unknown key, bad or stale signature, replay
     ├── InvalidInput                      422
     │   ├── BadFederationRequest          400: malformed address, name, JSON or length
-    │   │   └── BodyDigestMismatch        400: the body does not match its Content-Digest
+    │   │   ├── BodyDigestMismatch        400: the body does not match its Content-Digest
+    │   │   └── AddressMismatch           400: the body does not hash to its address
     │   ├── UnsupportedMediaType          415
     │   └── QuotaExceeded(used, quota, size)  507: storing it would pass the partner's quota
     └── Conflict                          409: a manifest name already holds other bytes
@@ -38,6 +39,16 @@ class BodyDigestMismatch(BadFederationRequest):
         )
         self.algorithm = "sha-256"
         self.expected = expected
+        self.found = found
+
+
+class AddressMismatch(BadFederationRequest):
+    def __init__(self, address: str, found: str) -> None:
+        super().__init__(
+            f"the body does not hash to its address {address}: blake3 {found}; nothing was stored"
+        )
+        self.algorithm = "blake3"
+        self.expected = address
         self.found = found
 
 

@@ -13,7 +13,7 @@ sealed bytes). Either way :meth:`FederationUpload.promote` returns the key
 Before it returns, the partner must prove it holds what was sent, under a key
 chosen before the bytes left, so an acknowledged copy is a proven copy.
 
-Bytes are staged in a spooled temporary file (in memory up to 8 MiB) while they are
+Bytes are staged in a spooled temporary file (in memory up to 64 MiB per copy in flight) while they are
 written, because the request that sends them must carry their address and digest
 in its signed headers, before the body.
 """
@@ -36,7 +36,7 @@ import blake3
 
 from archive.errors import ConfigError
 from archive.identity import load_node_key
-from federation.client import FederationClient
+from federation.client import FederationClient, PartnerRefused
 from federation.partners import MANIFEST_NAME
 from federation.sealing import SealBroken, Sealer, load_collection_key, plain_size
 from tiers import (
@@ -49,7 +49,7 @@ from tiers import (
     TierError,
 )
 
-SPOOL_IN_MEMORY = 8 * 1024 * 1024
+SPOOL_IN_MEMORY = 64 * 1024 * 1024
 PROOF_BATCH = 1000
 _BLOB_KEY = re.compile(r"^blobs/b3/[0-9a-f]{2}/[0-9a-f]{2}/([0-9a-f]{64})$")
 _MANIFEST_KEY = re.compile(r"^manifests/(" + MANIFEST_NAME.pattern.strip("^$") + r")$")
@@ -79,6 +79,7 @@ class FederationTier:
         encrypt: bool = False,
         collection_key_file: str | Path | None = None,
         timeout_seconds: float = 60.0,
+        prove_after_put: bool = True,
     ) -> None:
         if node_key_file is None:
             raise TierConfigError(f"tier {name!r}: node_key_file is not set", tier=name)
@@ -87,6 +88,8 @@ class FederationTier:
         self.name = name
         self.url = url
         self.encrypt = encrypt
+        self.prove_after_put = prove_after_put
+        self.put_check = "proof of possession" if prove_after_put else "address checked by partner"
         self._node_key_file = Path(node_key_file)
         self._collection_key_file = Path(collection_key_file) if collection_key_file else None
         self._timeout = timeout_seconds
@@ -219,15 +222,26 @@ class FederationTier:
 
 
 class FederationUpload:
-    """Bytes staged for a partner: spooled and hashed as written, sent at promote."""
+    """Bytes staged for a partner: spooled as written, sent at promote.
+
+    Only what the signed request needs up front is computed while writing: the
+    SHA-256 of the body (its ``Content-Digest``) and, when the partner must prove it
+    holds the bytes afterwards, their keyed BLAKE3 under the fresh challenge. The
+    BLAKE3 the blob must have is checked by the partner, which refuses a body that
+    does not hash to its address (``AddressMismatch``: raised here as
+    :class:`~tiers.DigestMismatch`); a sealed body is checked here, before sealing.
+    """
 
     def __init__(self, tier: FederationTier) -> None:
         self.tier = tier
         self.spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
-        self._b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self._sha256 = hashlib.sha256()
         self.challenge = os.urandom(32)
-        self._keyed = blake3.blake3(key=self.challenge, max_threads=blake3.blake3.AUTO)
+        self._keyed = (
+            blake3.blake3(key=self.challenge, max_threads=blake3.blake3.AUTO)
+            if tier.prove_after_put and not tier.encrypt
+            else None
+        )
         self._size = 0
 
     @property
@@ -236,13 +250,19 @@ class FederationUpload:
 
     @property
     def b3(self) -> str:
-        return self._b3.hexdigest()
+        """BLAKE3 of the bytes written so far (read back from the spool)."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        position = self.spool.tell()
+        for chunk in self._chunks(self.spool):
+            hasher.update(chunk)
+        self.spool.seek(position)
+        return hasher.hexdigest()
 
     def write(self, data: bytes | memoryview) -> None:
         self.spool.write(data)
-        self._b3.update(data)
         self._sha256.update(data)
-        self._keyed.update(data)
+        if self._keyed is not None:
+            self._keyed.update(data)
         self._size += len(data)
 
     def _chunks(self, spool: IO[bytes]) -> Iterator[bytes]:
@@ -254,48 +274,54 @@ class FederationUpload:
         """Send the bytes; returns the key they are held under (see the module docstring).
 
         Raises:
-            DigestMismatch: the bytes written do not hash to ``expect_b3``; nothing sent.
+            DigestMismatch: the bytes written do not hash to ``expect_b3``; nothing kept.
             TierError: the partner refused them (over quota: 507) or could not prove
                 it holds them; TierUnavailable: the partner did not answer.
         """
         tier = self.tier
-        b3 = self.b3
         try:
-            if expect_b3 is not None and b3 != expect_b3:
-                raise DigestMismatch(key, "blake3", expect_b3, b3, tier=tier.name)
             name = tier._name(key)
             sealer = tier.sealer
+            if name.kind == "manifest" or sealer is not None or expect_b3 is None:
+                b3 = self.b3
+                if expect_b3 is not None and b3 != expect_b3:
+                    raise DigestMismatch(key, "blake3", expect_b3, b3, tier=tier.name)
+            else:
+                b3 = expect_b3  # the partner checks it: AddressMismatch otherwise
             if name.kind == "manifest":
                 body = b"".join(self._chunks(self.spool))
                 if sealer is not None:
                     body = b"".join(sealer.seal([body], plaintext_b3=b3))
                 tier.client.put_manifest(name.name, body, sealed=sealer is not None)
                 return ObjectInfo(key=key, size=self._size, b3=b3)
-            source, address, sha256, keyed, size = (
-                self._sealed(sealer, b3)
-                if sealer
-                else (
-                    self.spool,
-                    b3,
-                    self._sha256.digest(),
-                    self._keyed.hexdigest(),
-                    self._size,
-                )
-            )
-            tier.client.put_blob(address, self._chunks(source), size=size, sha256=sha256)
-            proof = tier.client.prove(self.challenge, [address]).get(address)
-            if proof != keyed:
-                raise TierError(
-                    f"partner acknowledged {address} but could not prove it holds it "
-                    f"(answered {proof})",
-                    tier=tier.name,
-                    key=key,
-                )
+            if sealer is not None:
+                source, address, sha256, keyed, size = self._sealed(sealer, b3)
+            else:
+                source, address, sha256, size = self.spool, b3, self._sha256.digest(), self._size
+                keyed = self._keyed.hexdigest() if self._keyed is not None else None
+            try:
+                tier.client.put_blob(address, self._chunks(source), size=size, sha256=sha256)
+            except PartnerRefused as exc:
+                if exc.error == "AddressMismatch":
+                    raise DigestMismatch(key, "blake3", b3, exc.detail, tier=tier.name) from exc
+                raise
+            if keyed is not None:
+                self._check_proof(key, address, keyed)
             return ObjectInfo(key=address_key(address), size=self._size, b3=b3)
         finally:
             self.abort()
 
-    def _sealed(self, sealer: Sealer, b3: str) -> tuple[IO[bytes], str, bytes, str, int]:
+    def _check_proof(self, key: str, address: str, keyed: str) -> None:
+        proof = self.tier.client.prove(self.challenge, [address]).get(address)
+        if proof != keyed:
+            raise TierError(
+                f"partner acknowledged {address} but could not prove it holds it "
+                f"(answered {proof})",
+                tier=self.tier.name,
+                key=key,
+            )
+
+    def _sealed(self, sealer: Sealer, b3: str) -> tuple[IO[bytes], str, bytes, str | None, int]:
         sealed: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
         address = blake3.blake3(max_threads=blake3.blake3.AUTO)
         sha256 = hashlib.sha256()
@@ -309,7 +335,8 @@ class FederationUpload:
             size += len(chunk)
         self.spool.close()
         self.spool = sealed
-        return sealed, address.hexdigest(), sha256.digest(), keyed.hexdigest(), size
+        proof = keyed.hexdigest() if self.tier.prove_after_put else None
+        return sealed, address.hexdigest(), sha256.digest(), proof, size
 
     def abort(self) -> None:
         self.spool.close()

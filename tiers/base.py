@@ -247,6 +247,10 @@ class ProvingTier(Tier, Protocol):
     key is what ``open``, ``stat``, ``delete`` and ``prove`` take afterwards.
     """
 
+    put_check: str
+    """How a promoted copy was proven (``proof of possession``, or the holder's own
+    check of the digest): a promote that returns has proven it that way."""
+
     def prove(self, keys: Sequence[str], challenge: bytes) -> dict[str, str | None]:
         """The holder's keyed BLAKE3 (``blake3(key=challenge)``) of each key's stored
         bytes; None for a key it does not hold.
