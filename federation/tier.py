@@ -10,12 +10,13 @@ stored bytes are sent as they are (address: the blob's ``stored_b3``) or, with
 ``encrypt``, sealed first (:mod:`federation.sealing`; address: the BLAKE3 of the
 sealed bytes). Either way :meth:`FederationUpload.promote` returns the key
 ``blobs/b3/<aa>/<bb>/<address>``, which the catalog records as the replica's key.
-Before it returns, the partner must prove it holds what was sent, under a key
-chosen before the bytes left, so an acknowledged copy is a proven copy.
+Before it returns (unless ``prove_after_put`` is off), the partner must prove it holds
+what was sent, under a key chosen before the bytes left, so an acknowledged copy is a
+proven copy.
 
-Bytes are staged in a spooled temporary file (in memory up to 64 MiB per copy in flight) while they are
-written, because the request that sends them must carry their address and digest
-in its signed headers, before the body.
+Bytes are staged in a spooled temporary file (in memory up to 64 MiB per copy in
+flight) while they are written, because the request that sends them must carry their
+address and digest in its signed headers, before the body.
 """
 
 from __future__ import annotations
