@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from archive.catalog import models
-from archive.errors import Conflict, InvalidInput, NotFound
+from archive.errors import Conflict, InvalidInput
 from archive.identity import parse_public_key
 from archive.node import ArchiveNode
 from federation.errors import QuotaExceeded
@@ -72,13 +72,6 @@ def list_partners(*, session: Session) -> list[tuple[models.Partner, int, int]]:
         used, count = usage(partner.id, session=session)
         out.append((partner, used, count))
     return out
-
-
-def get_partner(name: str, *, session: Session) -> models.Partner:
-    partner = session.exec(select(models.Partner).where(models.Partner.name == name)).first()
-    if partner is None:
-        raise NotFound(f"no partner named {name!r}")
-    return partner
 
 
 def holding_tier(node: ArchiveNode) -> Tier:

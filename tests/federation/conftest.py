@@ -27,6 +27,7 @@ from archive.node import ArchiveNode
 from federation.client import FederationClient
 from federation.partners import add_partner
 from federation.sealing import make_collection_key
+from tests.archive.conftest import cli  # noqa: F401  (fixture)
 from tests.support.server import serve
 from web.app import create_app
 

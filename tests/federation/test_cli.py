@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
-
-import pytest
 
 from archive.identity import load_node_key, public_key_text
 from tests.archive.conftest import Cli
 from tests.federation.conftest import PairFactory
-from tests.federation.test_two_nodes import audit, ingest, replicate
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMAFROST_")}
-    work = tmp_path / "work"
-    work.mkdir()
-    return Cli(work, env)
+from tests.federation.test_two_nodes import audit, replicated_pair
 
 
 def test_init_makes_a_private_node_key_and_node_info_prints_it(cli: Cli) -> None:
@@ -72,9 +61,7 @@ def test_partner_key_makes_a_private_collection_key(cli: Cli) -> None:
 def test_status_shows_since_when_a_partner_is_unreachable(
     make_pair: PairFactory, tmp_path: Path, cli: Cli
 ) -> None:
-    pair = make_pair()
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+    pair = replicated_pair(make_pair(), tmp_path / "src")
     pair.partner.stop()
     assert audit(pair).unreachable > 0
     config = cli.cwd / "permafrost.toml"

@@ -49,6 +49,18 @@ def replicate(pair: Pair) -> None:
             break
 
 
+def replicated_pair(pair: Pair, root: Path, files: dict[str, bytes] = FILES) -> Pair:
+    """``pair`` once ``files`` were ingested at home and replicated to the partner."""
+    ingest(pair, root, files)
+    replicate(pair)
+    return pair
+
+
+@pytest.fixture
+def replicated(make_pair: PairFactory, tmp_path: Path) -> Pair:
+    return replicated_pair(make_pair(), tmp_path / "src")
+
+
 def partner_rows(pair: Pair) -> dict[str, models.Replica]:
     """Blob -> its replica row on the partner tier."""
     with pair.engine.session() as session:
@@ -81,10 +93,8 @@ def state_of(pair: Pair, b3: str) -> str:
     return partner_rows(pair)[b3].state
 
 
-def test_copies_reach_the_partner_and_are_proven(make_pair: PairFactory, tmp_path: Path) -> None:
-    pair = make_pair()
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+def test_copies_reach_the_partner_and_are_proven(replicated: Pair) -> None:
+    pair = replicated
     held = blobs(pair)
     rows = partner_rows(pair)
     assert set(rows) == set(held)
@@ -114,12 +124,8 @@ def test_copies_reach_the_partner_and_are_proven(make_pair: PairFactory, tmp_pat
     assert all(e.outcome == "success" and e.detail["note"] == "proof of possession" for e in events)
 
 
-def test_a_partner_that_deleted_a_blob_is_caught_and_the_copy_resent(
-    make_pair: PairFactory, tmp_path: Path
-) -> None:
-    pair = make_pair()
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+def test_a_partner_that_deleted_a_blob_is_caught_and_the_copy_resent(replicated: Pair) -> None:
+    pair = replicated
     victim = next(b for b in blobs(pair).values() if b.size == len(FILES["noise.bin"]))
     gone = pair.partner.hot_path / "partners" / "home" / blob_key(victim.stored_b3)
     gone.unlink()
@@ -172,9 +178,7 @@ def test_a_partner_answering_stored_digests_instead_of_reading_is_caught(
         cheat.append(AnswersStoredDigests(app))
         return cheat[0]
 
-    pair = make_pair(partner_wrap=wrap)
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+    pair = replicated_pair(make_pair(partner_wrap=wrap), tmp_path / "src")
     assert all(r.state == ReplicaState.PRESENT for r in partner_rows(pair).values())
     cheat[0].cheating = True
 
@@ -193,10 +197,8 @@ def test_a_partner_answering_stored_digests_instead_of_reading_is_caught(
     assert all("proof of possession" in e.detail["error"] for e in failed)
 
 
-def test_a_local_copy_is_repaired_from_the_partner(make_pair: PairFactory, tmp_path: Path) -> None:
-    pair = make_pair()
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+def test_a_local_copy_is_repaired_from_the_partner(replicated: Pair) -> None:
+    pair = replicated
     noise = next(b for b in blobs(pair).values() if b.size == len(FILES["noise.bin"]))
     local = pair.home.hot_path / blob_key(noise.b3)
     local.write_bytes(b"bit rot" + local.read_bytes()[7:])
@@ -218,9 +220,7 @@ def test_a_local_copy_is_repaired_from_the_partner(make_pair: PairFactory, tmp_p
 def test_sealed_copies_restore_the_original_and_the_partner_never_sees_plaintext(
     make_pair: PairFactory, tmp_path: Path
 ) -> None:
-    pair = make_pair(encrypt=True)
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+    pair = replicated_pair(make_pair(encrypt=True), tmp_path / "src")
     held = blobs(pair)
     rows = partner_rows(pair)
     assert {r.state for r in rows.values()} == {ReplicaState.PRESENT}
@@ -258,12 +258,8 @@ def test_sealed_copies_restore_the_original_and_the_partner_never_sees_plaintext
     assert (pair.home.hot_path / blob_key(noise.b3)).read_bytes() == FILES["noise.bin"]
 
 
-def test_an_unreachable_partner_is_unreachable_not_damaged(
-    make_pair: PairFactory, tmp_path: Path
-) -> None:
-    pair = make_pair()
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+def test_an_unreachable_partner_is_unreachable_not_damaged(replicated: Pair) -> None:
+    pair = replicated
     pair.partner.stop()
 
     report = audit(pair)
@@ -280,9 +276,7 @@ def test_an_unreachable_partner_is_unreachable_not_damaged(
 def test_manifests_and_inventory_through_the_tier(
     make_pair: PairFactory, tmp_path: Path, encrypt: bool
 ) -> None:
-    pair = make_pair(encrypt=encrypt)
-    ingest(pair, tmp_path / "src")
-    replicate(pair)
+    pair = replicated_pair(make_pair(encrypt=encrypt), tmp_path / "src")
     partner = pair.engine.tiers["partner"]
     with pair.engine.session() as session:
         version = session.exec(select(models.Version)).one()
