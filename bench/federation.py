@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
+from sqlmodel import col, select
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -66,6 +68,7 @@ REPLICATE_TARGET = 0.7
 PROVE_TARGET = 0.8
 DEFAULT_WORK = ROOT / ".bench" / "federation"
 PERMAFROST = [sys.executable, "-m", "archive.cli"]
+R = models.Replica
 
 
 def cpu_seconds() -> float:
@@ -157,7 +160,8 @@ def stored_files(node: ArchiveNode) -> list[Path]:
     hot = node.settings.tiers["hot"]
     assert isinstance(hot, LocalTierConfig)
     with node.session() as session:
-        keys = [r.key for r in session.query(models.Replica).all() if r.tier_id == 1]
+        hot_id = node.tier_ids(session=session)["hot"]
+        keys = session.exec(select(R.key).where(R.tier_id == hot_id)).all()
     return sorted(hot.path / key for key in keys)
 
 
@@ -165,7 +169,7 @@ def replicate(node: ArchiveNode, partner_pid: int) -> dict[str, float]:
     """Time the worker's copies to the partner tier, from a clean slate of that tier."""
     with node.session() as session:
         tier_id = node.tier_ids(session=session)["partner"]
-        session.query(models.Replica).filter(models.Replica.tier_id == tier_id).delete()
+        session.execute(sa.delete(R).where(col(R.tier_id) == tier_id))
     worker = Worker(node, owner="bench")
     os.sync()
     cpu0, server0 = cpu_seconds(), process_cpu_seconds(partner_pid)
@@ -175,10 +179,8 @@ def replicate(node: ArchiveNode, partner_pid: int) -> dict[str, float]:
         pass
     seconds = time.perf_counter() - started
     with node.session() as session:
-        present = (
-            session.query(models.Replica)
-            .filter(models.Replica.tier_id == tier_id, models.Replica.state == "present")
-            .count()
+        present = len(
+            session.exec(select(R.id).where(R.tier_id == tier_id, R.state == "present")).all()
         )
     return {
         "seconds": seconds,
@@ -219,9 +221,7 @@ def prove(node: ArchiveNode, partner_pid: int) -> dict[str, float]:
     assert isinstance(tier, ProvingTier)
     with node.session() as session:
         tier_id = node.tier_ids(session=session)["partner"]
-        keys = [
-            r.key for r in session.query(models.Replica).filter(models.Replica.tier_id == tier_id)
-        ]
+        keys = list(session.exec(select(R.key).where(R.tier_id == tier_id)).all())
     os.sync()
     cpu0, server0 = cpu_seconds(), process_cpu_seconds(partner_pid)
     started = time.perf_counter()

@@ -37,6 +37,7 @@ import blake3
 
 from archive.errors import ConfigError
 from archive.identity import load_node_key
+from archive.packs import blob_key
 from federation.client import FederationClient, PartnerRefused
 from federation.partners import MANIFEST_NAME
 from federation.sealing import SealBroken, Sealer, load_collection_key, plain_size
@@ -54,10 +55,6 @@ SPOOL_IN_MEMORY = 64 * 1024 * 1024
 PROOF_BATCH = 1000
 _BLOB_KEY = re.compile(r"^blobs/b3/[0-9a-f]{2}/[0-9a-f]{2}/([0-9a-f]{64})$")
 _MANIFEST_KEY = re.compile(r"^manifests/(" + MANIFEST_NAME.pattern.strip("^$") + r")$")
-
-
-def address_key(address: str) -> str:
-    return f"blobs/b3/{address[:2]}/{address[2:4]}/{address}"
 
 
 @dataclass(frozen=True)
@@ -184,9 +181,7 @@ class FederationTier:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for item in self.client.inventory():
-            key = (
-                address_key(item["name"]) if item["kind"] == "blob" else f"manifests/{item['name']}"
-            )
+            key = blob_key(item["name"]) if item["kind"] == "blob" else f"manifests/{item['name']}"
             if key.startswith(prefix):
                 size = item["size"]
                 yield ObjectInfo(key=key, size=plain_size(size) if self.encrypt else size)
@@ -308,7 +303,7 @@ class FederationUpload:
                 raise
             if keyed is not None:
                 self._check_proof(key, address, keyed)
-            return ObjectInfo(key=address_key(address), size=self._size, b3=b3)
+            return ObjectInfo(key=blob_key(address), size=self._size, b3=b3)
         finally:
             self.abort()
 

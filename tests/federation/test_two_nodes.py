@@ -293,3 +293,16 @@ def test_manifests_and_inventory_through_the_tier(
     assert [i.key for i in listed] == sorted(i.key for i in listed)
     at_partner = [f for p, f in held_files(pair).items() if "/manifests/" in p]
     assert len(at_partner) == 1 and (at_partner[0] == manifest) is not encrypt
+
+
+def test_the_worker_sends_manifests_to_the_partner(replicated: Pair) -> None:
+    pair = replicated
+    worker = Worker(pair.engine, owner="w", loops=["federation"])
+    assert worker.run_once() == {"federation": 1}
+    assert worker.run_once() == {"federation": 0}  # sent once, remembered by its event
+    with pair.engine.session() as session:
+        version = session.exec(select(models.Version)).one()
+    with pair.engine.hot.open(version.manifest_key) as f:
+        manifest = f.read()
+    at_partner = [f for p, f in held_files(pair).items() if "/manifests/" in p]
+    assert at_partner == [manifest]
