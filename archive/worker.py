@@ -41,6 +41,7 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, RestoreState, utcnow
 from archive.errors import PermafrostError
 from archive.node import ArchiveNode
+from archive.reachability import mark_reachable, mark_unreachable
 from archive.replication import (
     AGENT,
     Claimed,
@@ -51,7 +52,7 @@ from archive.replication import (
     sources_of,
 )
 from archive.retrieval import Location
-from tiers import TierError
+from tiers import TierError, TierUnavailable
 
 log = logging.getLogger("permafrost.worker")
 
@@ -321,6 +322,7 @@ class Worker:
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 return  # our lease expired and another worker took the row over
+            mark_reachable(tier, session=session)
             for b3 in b3s:
                 session.add(
                     models.Event(
@@ -342,6 +344,8 @@ class Worker:
         log.warning("replication of %s to %s failed (retry in %.0fs): %s", what, tier, delay, exc)
         self._release(ids, delay=delay, failed=True)
         with self.node.session() as session:
+            if target_down and isinstance(exc, TierUnavailable):
+                mark_unreachable(tier, utcnow(), session=session)
             session.add(
                 models.Event(
                     type=EventType.REPLICATION,

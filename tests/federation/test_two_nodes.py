@@ -306,3 +306,16 @@ def test_the_worker_sends_manifests_to_the_partner(replicated: Pair) -> None:
         manifest = f.read()
     at_partner = [f for p, f in held_files(pair).items() if "/manifests/" in p]
     assert at_partner == [manifest]
+
+
+def test_replicating_to_a_partner_that_is_down_waits_and_says_since_when(
+    make_pair: PairFactory, tmp_path: Path
+) -> None:
+    pair = make_pair()
+    pair.partner.stop()
+    pair = replicated_pair(pair, tmp_path / "src")
+    assert {r.state for r in partner_rows(pair).values()} == {ReplicaState.PENDING}
+    assert any(r.failures >= 1 for r in partner_rows(pair).values())  # then it backs off
+    with pair.engine.session() as session:
+        status = archive_status(pair.engine, session=session)
+    assert set(status["unreachable"]) == {"partner"}
