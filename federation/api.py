@@ -1,6 +1,6 @@
 """The federation API a partner calls, mounted at ``/federation/v1`` (issue 5).
 
-Every route first checks the request's RFC 9421 signature (:mod:`federation.signing`)
+Every route first checks the request's RFC 9421 signature (:mod:`federation.intake`)
 and knows the caller as one registered partner; everything it reads or writes is
 that partner's, under ``partners/<name>/`` in our holding tier. Bodies are streamed,
 hashed as they pass (SHA-256 for the signed ``Content-Digest``, BLAKE3 by the tier
@@ -16,28 +16,34 @@ for the address) and promoted only when both hold, so a bad request stores nothi
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
-import anyio
-import anyio.from_thread
 import anyio.to_thread
 import blake3
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from archive.errors import Conflict, NotFound
 from archive.node import ArchiveNode
-from federation.errors import AddressMismatch, BadFederationRequest, UnsupportedMediaType
+from federation.errors import AddressMismatch, BadFederationRequest
+from federation.intake import (
+    PREFIX,
+    CallerDep,
+    check_address,
+    check_manifest_name,
+    declared_length,
+    media_type,
+    node_of,
+    receive,
+)
 from federation.partners import (
     ADDRESS,
     BLOB,
     MANIFEST,
-    MANIFEST_NAME,
     check_quota,
     find_held,
     forget_held,
@@ -47,154 +53,14 @@ from federation.partners import (
     record_held,
     usage,
 )
-from federation.signing import Caller, DigestChecker, SignedMessage, verify_request
-from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, ObjectNotFound, Upload
+from federation.signing import Caller
+from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, ObjectNotFound
 
-PREFIX = "/federation/v1"
-PIECE = 1024 * 1024
-QUEUED_PIECES = 4
 MAX_MANIFEST = 64 * 1024 * 1024
 MAX_PROOF_BODY = 1024 * 1024
 MAX_PROOF_ADDRESSES = 1000
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
-
-
-def _node(request: Request) -> ArchiveNode:
-    node: ArchiveNode | None = getattr(request.app.state, "node", None)
-    if node is None:
-        raise RuntimeError("the archive node is not open: run the app with its lifespan")
-    return node
-
-
-def _target_uri(request: Request) -> str:
-    """The URI the client signed, from the raw request line (never re-encoded)."""
-    scope = request.scope
-    host = request.headers.get("host", "")
-    raw = scope.get("raw_path") or scope["path"].encode()
-    query = scope.get("query_string", b"")
-    target = raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
-    return f"{scope.get('scheme', 'http')}://{host}{target}"
-
-
-async def signed_caller(request: Request) -> Caller:
-    """The partner whose signature on this request holds (its nonce is now spent)."""
-    node = _node(request)
-    message = SignedMessage(request.method, _target_uri(request), request.headers)
-
-    def verify() -> Caller:
-        with node.session() as session:
-            return verify_request(
-                message, skew_seconds=node.settings.federation_skew_seconds, session=session
-            )
-
-    caller = await anyio.to_thread.run_sync(verify)
-    if request.method in ("GET", "HEAD", "DELETE"):
-        checker = DigestChecker(caller.sha256)
-        checker.check()  # these carry no body: the signed digest must be the empty one
-    return caller
-
-
-CallerDep = Annotated[Caller, Depends(signed_caller)]
 router = APIRouter(prefix=PREFIX, tags=["federation"])
-
-
-def _address(address: str) -> str:
-    if not ADDRESS.match(address):
-        raise BadFederationRequest(f"bad address {address[:80]!r}: 64 lowercase hex digits")
-    return address
-
-
-def _manifest_name(name: str) -> str:
-    if not MANIFEST_NAME.match(name):
-        raise BadFederationRequest(
-            f"bad manifest name {name[:120]!r}: <collection>/<dataset>/v<N>.json"
-        )
-    return name
-
-
-def _declared_length(request: Request, limit: int | None = None) -> int:
-    declared = request.headers.get("content-length")
-    if declared is None or not declared.isdigit():
-        raise BadFederationRequest("Content-Length is required (no chunked uploads)")
-    size = int(declared)
-    if limit is not None and size > limit:
-        raise BadFederationRequest(f"a body of {size:,} bytes is over the limit of {limit:,}")
-    return size
-
-
-def _media_type(request: Request, *allowed: str) -> str:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in allowed:
-        raise UnsupportedMediaType(
-            f"Content-Type {media or 'none'!r}; expected {' or '.join(allowed)}"
-        )
-    return media
-
-
-async def _pieces(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body in pieces of about :data:`PIECE` bytes (one thread hop per piece)."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in stream:
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= PIECE:
-            yield b"".join(parts)
-            parts, size = [], 0
-    if parts:
-        yield b"".join(parts)
-
-
-async def _receive(request: Request, caller: Caller, size: int, upload: Upload | None) -> bytes:
-    """Stream the body into ``upload`` (or collect it when None), checking length and digest.
-
-    The event loop reads the socket while one worker thread hashes and writes the
-    pieces already read (a queue of :data:`QUEUED_PIECES` between them), so parsing
-    and hashing overlap on two cores instead of taking turns.
-
-    Raises:
-        BadFederationRequest: longer or shorter than declared, or not its Content-Digest.
-    """
-    checker = DigestChecker(caller.sha256)
-    kept = bytearray()
-    send, receive = anyio.create_memory_object_stream[bytes](QUEUED_PIECES)
-
-    def consume() -> None:
-        with receive:
-            while True:
-                try:
-                    piece = anyio.from_thread.run(receive.receive)
-                except anyio.EndOfStream:
-                    return
-                checker.update(piece)
-                if upload is None:
-                    kept.extend(piece)
-                else:
-                    upload.write(piece)
-
-    async def produce() -> None:
-        received = 0
-        async with send:
-            async for piece in _pieces(request.stream()):
-                received += len(piece)
-                if received > size:
-                    raise BadFederationRequest(
-                        f"the body is longer than its Content-Length ({size})"
-                    )
-                await send.send(piece)
-
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(functools.partial(anyio.to_thread.run_sync, consume))
-            await produce()
-    except BaseExceptionGroup as failed:  # the first failure, as the handlers know it
-        raise failed.exceptions[0] from None
-    finally:
-        receive.close()  # also when the consumer never started (an early disconnect)
-    if checker.size != size:
-        raise BadFederationRequest(f"the body has {checker.size} bytes, declared {size}")
-    checker.check()
-    return bytes(kept)
 
 
 # -- blobs --------------------------------------------------------------------------------
@@ -203,9 +69,9 @@ async def put_blob(
     address: str, request: Request, response: Response, caller: CallerDep
 ) -> dict[str, Any]:
     """Store the body as ``address`` for the caller: 201 new, 200 already held."""
-    node = _node(request)
-    _address(address)
-    size = _declared_length(request)
+    node = node_of(request)
+    check_address(address)
+    size = declared_length(request)
 
     def admit() -> bool:
         with node.session() as session:
@@ -218,7 +84,7 @@ async def put_blob(
     tier = holding_tier(node)
     upload = await anyio.to_thread.run_sync(tier.begin_put)
     try:
-        await _receive(request, caller, size, upload)
+        await receive(request, caller, size, upload)
         if held:
             if upload.b3 != address:
                 raise AddressMismatch(address, upload.b3)
@@ -268,8 +134,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 @router.get("/blobs/{address}")
 async def get_blob(address: str, request: Request, caller: CallerDep) -> StreamingResponse:
     """The stored bytes of ``address`` (``Range: bytes=a-b`` for a part)."""
-    node = _node(request)
-    _address(address)
+    node = node_of(request)
+    check_address(address)
     size = await anyio.to_thread.run_sync(_held_or_404, node, caller, BLOB, address)
     wanted = _byte_range(request.headers.get("range"), size)
     offset, length = wanted if wanted else (0, size)
@@ -299,8 +165,8 @@ async def get_blob(address: str, request: Request, caller: CallerDep) -> Streami
 
 @router.head("/blobs/{address}")
 async def head_blob(address: str, request: Request, caller: CallerDep) -> Response:
-    node = _node(request)
-    _address(address)
+    node = node_of(request)
+    check_address(address)
     size = await anyio.to_thread.run_sync(_held_or_404, node, caller, BLOB, address)
     return Response(headers={"Content-Length": str(size)}, media_type="application/octet-stream")
 
@@ -308,8 +174,8 @@ async def head_blob(address: str, request: Request, caller: CallerDep) -> Respon
 @router.delete("/blobs/{address}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_blob(address: str, request: Request, caller: CallerDep) -> Response:
     """Stop holding ``address`` for the caller (idempotent)."""
-    node = _node(request)
-    _address(address)
+    node = node_of(request)
+    check_address(address)
 
     def delete() -> None:
         holding_tier(node).delete(held_key(caller.name, BLOB, address))
@@ -327,11 +193,11 @@ async def put_manifest(
 ) -> dict[str, Any]:
     """Store a manifest: canonical JSON (``application/json``) or sealed bytes
     (``application/octet-stream``). Write-once: the same bytes again answer 200."""
-    node = _node(request)
-    full = _manifest_name(name)
-    media = _media_type(request, "application/json", "application/octet-stream")
-    size = _declared_length(request, MAX_MANIFEST)
-    body = await _receive(request, caller, size, None)
+    node = node_of(request)
+    full = check_manifest_name(name)
+    media = media_type(request, "application/json", "application/octet-stream")
+    size = declared_length(request, MAX_MANIFEST)
+    body = await receive(request, caller, size, None)
     if media == "application/json":
         try:
             parsed = json.loads(body)
@@ -363,8 +229,8 @@ async def put_manifest(
 
 @router.get("/manifests/{name:path}")
 async def get_manifest(name: str, request: Request, caller: CallerDep) -> Response:
-    node = _node(request)
-    full = _manifest_name(name)
+    node = node_of(request)
+    full = check_manifest_name(name)
 
     def read() -> bytes:
         _held_or_404(node, caller, MANIFEST, full)
@@ -385,7 +251,7 @@ async def get_inventory(
     kind: Annotated[str | None, Query(pattern="^(blob|manifest)$")] = None,
 ) -> dict[str, Any]:
     """What we hold for the caller, in ``kind:name`` order; pass ``next`` as ``after``."""
-    node = _node(request)
+    node = node_of(request)
 
     def page() -> dict[str, Any]:
         with node.session() as session:
@@ -401,7 +267,7 @@ async def get_inventory(
 
 @router.get("/usage")
 async def get_usage(request: Request, caller: CallerDep) -> dict[str, Any]:
-    node = _node(request)
+    node = node_of(request)
 
     def read() -> tuple[int, int]:
         with node.session() as session:
@@ -420,10 +286,10 @@ async def get_usage(request: Request, caller: CallerDep) -> dict[str, Any]:
 async def prove(request: Request, caller: CallerDep) -> dict[str, Any]:
     """Proof of possession: ``{"key": <64 hex>, "addresses": [...]}`` answers, per address,
     the keyed BLAKE3 of the bytes we hold (``null``: not held)."""
-    node = _node(request)
-    _media_type(request, "application/json")
-    size = _declared_length(request, MAX_PROOF_BODY)
-    body = await _receive(request, caller, size, None)
+    node = node_of(request)
+    media_type(request, "application/json")
+    size = declared_length(request, MAX_PROOF_BODY)
+    body = await receive(request, caller, size, None)
     key, addresses = _proof_request(body)
 
     def answer() -> list[dict[str, str | None]]:
@@ -447,7 +313,7 @@ def _proof_request(body: bytes) -> tuple[bytes, list[str]]:
     for address in addresses:
         if not isinstance(address, str):
             raise BadFederationRequest("addresses are strings")
-        _address(address)
+        check_address(address)
     return bytes.fromhex(key), addresses
 
 
