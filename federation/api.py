@@ -48,6 +48,7 @@ from federation.partners import (
     find_held,
     forget_held,
     held_key,
+    held_names,
     holding_tier,
     inventory,
     record_held,
@@ -293,7 +294,12 @@ async def prove(request: Request, caller: CallerDep) -> dict[str, Any]:
     key, addresses = _proof_request(body)
 
     def answer() -> list[dict[str, str | None]]:
-        return [{"address": a, "proof": _keyed_digest(node, caller, key, a)} for a in addresses]
+        with node.session() as session:
+            held = held_names(caller.partner_id, BLOB, addresses, session=session)
+        return [
+            {"address": a, "proof": _keyed_digest(node, caller, key, a) if a in held else None}
+            for a in addresses
+        ]
 
     return {"proofs": await anyio.to_thread.run_sync(answer)}
 
@@ -318,9 +324,7 @@ def _proof_request(body: bytes) -> tuple[bytes, list[str]]:
 
 
 def _keyed_digest(node: ArchiveNode, caller: Caller, key: bytes, address: str) -> str | None:
-    with node.session() as session:
-        if find_held(caller.partner_id, BLOB, address, session=session) is None:
-            return None
+    """The keyed BLAKE3 of one held blob's bytes as they are now (None: gone)."""
     hasher = blake3.blake3(key=key, max_threads=blake3.blake3.AUTO)
     try:
         with holding_tier(node).open(held_key(caller.name, BLOB, address)) as stream:

@@ -109,6 +109,17 @@ def find_held(
     return session.get(models.HeldObject, (partner_id, kind, name))
 
 
+def held_names(partner_id: int, kind: str, names: Sequence[str], *, session: Session) -> set[str]:
+    """Which of ``names`` are held for the partner (one query)."""
+    H = models.HeldObject
+    found = session.execute(
+        sa.select(col(H.name)).where(
+            col(H.partner_id) == partner_id, col(H.kind) == kind, col(H.name).in_(list(names))
+        )
+    ).scalars()
+    return set(found)
+
+
 def record_held(
     partner_id: int, kind: str, name: str, size: int, b3: str, *, session: Session
 ) -> None:
