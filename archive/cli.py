@@ -47,6 +47,7 @@ from archive.datasets import (
     resolve_version,
 )
 from archive.errors import PermafrostError, RestoreRequired
+from archive.identity import ensure_node_key, public_key_text
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
 from archive.replicas import replicas_of_version
@@ -81,6 +82,11 @@ def init() -> None:
         for name, tier in s.tiers.items():
             where = getattr(tier, "path", None) or getattr(tier, "bucket", "")
             console.print(f"  tier [bold]{name}[/] ({tier.kind}, {tier.role}): {where}")
+        key, made = ensure_node_key(s.node_key_path)
+        console.print(
+            f"  node key {s.node_key_path} ({'new' if made else 'kept'}), "
+            f"public key {public_key_text(key)}"
+        )
         _first_admin(node, f"http://{s.host}:{s.port}")
 
 

@@ -60,6 +60,10 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     for tier, states in data["replicas"].items():
         out.print(f"{tier:>12}: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
+    for tier, since in data["unreachable"].items():
+        out.print(
+            f"[yellow]{tier:>12}: unreachable since {since[:19]}[/] (its copies keep their state)"
+        )
     q = data["queue"]
     out.print(
         f"queue: {q['depth']} copies to make"

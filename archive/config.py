@@ -101,6 +101,35 @@ class S3TierConfig(_TierBase):
     """Retrieval price per GiB and speed; unset speeds keep AWS us-east-1 list prices."""
 
 
+class FederationTierConfig(_TierBase):
+    """A partner institution's Permafrost node (issue 5; ``federation.tier.FederationTier``).
+
+    Requests are signed with this node's key (``node_key_file``, filled in from the
+    settings). With ``encrypt``, every object is sealed with AES-256-GCM before it
+    leaves, under a per-object key derived from ``collection_key_file``, which never
+    leaves this node: back it up with the catalog, or the partner's copies are noise.
+    """
+
+    kind: Literal["federation"] = "federation"
+    role: Role = "partner"
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    encrypt: bool = False
+    collection_key_file: Path | None = None
+    """32 random bytes (``permafrost partner key``); needed when ``encrypt`` is on."""
+    node_key_file: Path | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    prove_after_put: bool = True
+    """Have the partner prove it holds each copy right after accepting it (it re-reads
+    the bytes); off, a copy rests on the partner's own check of its address until the
+    first scheduled audit."""
+
+    @model_validator(mode="after")
+    def _key_for_encryption(self) -> FederationTierConfig:
+        if self.encrypt and self.collection_key_file is None:
+            raise ValueError("a federation tier with encrypt = true needs collection_key_file")
+        return self
+
+
 AuditLevel = Literal["light", "stored", "deep"]
 DAY = 86_400.0
 
@@ -141,7 +170,8 @@ DEFAULT_AUDIT: dict[str, AuditPolicy] = {
 
 
 TierConfig = Annotated[
-    LocalTierConfig | LocalColdTierConfig | S3TierConfig, Field(discriminator="kind")
+    LocalTierConfig | LocalColdTierConfig | S3TierConfig | FederationTierConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -225,10 +255,27 @@ class Settings(BaseSettings):
     """Copies a worker audits at once. More use more cores (as ``b3sum`` and
     ``zstd -d | b3sum`` do) at the expense of ingest; the per-tier byte rate still applies."""
 
+    node_key_file: Path | None = None
+    """This node's Ed25519 private key (PKCS#8 PEM, mode 0600), made by ``permafrost
+    init``; default ``<data_dir>/node.key``. Partners know us by its public key."""
+    public_url: str | None = None
+    """The URL partners reach this node at (default ``http://<host>:<port>``)."""
+    federation_skew_seconds: float = Field(default=300.0, gt=0)
+    """Signed federation requests older or newer than this are refused (RFC 9421 ``created``)."""
+    federation_tier: str | None = None
+    """The tier that holds what partners send us (default: ``hot_tier``)."""
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_dir / 'catalog.db'}"
+        if self.node_key_file is None:
+            self.node_key_file = self.data_dir / "node.key"
+        if self.public_url is None:
+            self.public_url = f"http://{self.host}:{self.port}"
+        for tier in self.tiers.values():
+            if isinstance(tier, FederationTierConfig) and tier.node_key_file is None:
+                tier.node_key_file = self.node_key_file
         if not self.tiers:
             self.tiers = {
                 "hot": LocalTierConfig(path=self.data_dir / "tiers" / "hot", role="hot"),
@@ -240,6 +287,8 @@ class Settings(BaseSettings):
         unknown = set(self.audit) - set(self.tiers) - set(DEFAULT_AUDIT)
         if unknown:
             raise ValueError(f"audit policy for unknown tier or role: {', '.join(sorted(unknown))}")
+        if self.federation_tier is not None and self.federation_tier not in self.tiers:
+            raise ValueError(f"federation_tier {self.federation_tier!r} is not a declared tier")
         if self.hot_tier not in self.tiers:
             raise ValueError(
                 f"hot_tier {self.hot_tier!r} is not a declared tier ({', '.join(self.tiers)})"
@@ -256,6 +305,11 @@ class Settings(BaseSettings):
         """The audit policy of one tier: its own, else its role's, else the default."""
         role = self.tiers[tier].role
         return self.audit.get(tier) or self.audit.get(role) or DEFAULT_AUDIT[role]
+
+    @property
+    def node_key_path(self) -> Path:
+        assert self.node_key_file is not None
+        return self.node_key_file
 
     @property
     def catalog_url(self) -> str:

@@ -35,7 +35,7 @@ from archive.node import ArchiveNode
 from archive.packs import PackWriter, SealedPack, blob_key, pack_index_key, pack_key
 from archive.policy import TierInfo, parse_policy, target_tiers
 from archive.retrieval import Location, locate, read_stored
-from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, Tier, TierError
+from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, ObjectInfo, ProvingTier, Tier, TierError
 
 AGENT = "permafrost/replicate"
 
@@ -148,7 +148,7 @@ def sources_of(b3: str, target: str, *, session: Session) -> list[Location]:
 
 def _stream_from_any(
     node: ArchiveNode, sources: Sequence[Location], target: Tier, blob: models.Blob
-) -> None:
+) -> ObjectInfo:
     """Copy stored bytes to ``target`` from the first source that yields them whole.
 
     Raises:
@@ -165,8 +165,7 @@ def _stream_from_any(
             with target.begin_put() as upload:
                 for chunk in read_stored(tier, loc):
                     upload.write(chunk)
-                upload.promote(blob_key(blob.b3), expect_b3=blob.stored_b3)
-            return
+                return upload.promote(blob_key(blob.b3), expect_b3=blob.stored_b3)
         except ObjectExists:
             raise
         except DigestMismatch as exc:  # the source copy is damaged: try the next one
@@ -186,11 +185,20 @@ def _read_back(tier: Tier, key: str, *, offset: int = 0, length: int | None = No
     return hasher.hexdigest()
 
 
-def copy_loose(node: ArchiveNode, item: Claimed, sources: Sequence[Location]) -> bool:
+@dataclass(frozen=True)
+class Copied:
+    verified: str | None
+    """How the copy was proven: ``read back``, ``proof of possession`` (a partner node
+    proved it holds the bytes sent), or None (cold: the write-time digest stands)."""
+    key: str
+    """Where the copy is: the blob's key, or the one a partner tier named it by."""
+
+
+def copy_loose(node: ArchiveNode, item: Claimed, sources: Sequence[Location]) -> Copied:
     """Make one blob's copy on ``item.tier`` exist and prove it (idempotent).
 
-    Returns whether the copy was read back and hashed (False on cold tiers, where
-    only the write-time digest and size stand until the first audit).
+    Returns how the copy was proven, and its key (a :class:`~tiers.ProvingTier` names
+    what it holds by its own digest; the caller records that key).
 
     Raises:
         TierError: the target (or every source) failed; the caller retries later.
@@ -201,7 +209,9 @@ def copy_loose(node: ArchiveNode, item: Claimed, sources: Sequence[Location]) ->
     key = blob_key(blob.b3)
     # ObjectExists: an earlier attempt (or a crashed worker) promoted it; proven below.
     with contextlib.suppress(ObjectExists):
-        _stream_from_any(node, sources, target, blob)
+        key = _stream_from_any(node, sources, target, blob).key
+    if isinstance(target, ProvingTier):  # the partner checked the address, maybe proved it
+        return Copied(target.put_check, key)
     if not target.capabilities.needs_restore:
         found = _read_back(target, key)
         if found != blob.stored_b3:
@@ -211,10 +221,10 @@ def copy_loose(node: ArchiveNode, item: Claimed, sources: Sequence[Location]) ->
                 tier=item.tier,
                 key=key,
             )
-        return True
+        return Copied("read back", key)
     if target.stat(key).size != blob.stored_size:
         raise TierError(f"{key} on {item.tier} has the wrong size", tier=item.tier, key=key)
-    return False
+    return Copied(None, key)
 
 
 def copy_packed(

@@ -17,6 +17,7 @@ from archive.blobstore import present_blobs
 from archive.catalog import models
 from archive.catalog.models import ReplicaState
 from archive.node import ArchiveNode
+from archive.reachability import unreachable_tiers
 from archive.replication import targets_of
 
 
@@ -232,6 +233,9 @@ def archive_status(node: ArchiveNode, *, session: Session) -> dict[str, Any]:
             "manifests_damaged": len(bad_manifests),
         },
         "replicas": by_tier,
+        "unreachable": {
+            name: since.isoformat() for name, since in unreachable_tiers(session=session).items()
+        },
         "queue": {"depth": depth, "oldest_pending": oldest.isoformat() if oldest else None},
         "datasets": {"preserved": preserved, "total": len(datasets), "items": datasets},
     }

@@ -41,6 +41,7 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, RestoreState, utcnow
 from archive.errors import PermafrostError
 from archive.node import ArchiveNode
+from archive.reachability import mark_reachable, mark_unreachable
 from archive.replication import (
     AGENT,
     Claimed,
@@ -51,7 +52,7 @@ from archive.replication import (
     sources_of,
 )
 from archive.retrieval import Location
-from tiers import TierError
+from tiers import TierError, TierUnavailable
 
 log = logging.getLogger("permafrost.worker")
 
@@ -239,11 +240,11 @@ class Worker:
             assert blob is not None
             sources = sources_of(b3, tier, session=session)
         try:
-            verified = copy_loose(self.node, Claimed(replica_id, blob, tier), sources)
+            copied = copy_loose(self.node, Claimed(replica_id, blob, tier), sources)
         except (TierError, PermafrostError) as exc:
             self._failed([replica_id], failures, tier, b3, exc)
             return 0
-        self._succeeded([replica_id], tier, [b3], verified=verified)
+        self._succeeded([replica_id], tier, [b3], verified=copied.verified, key=copied.key)
         return 1
 
     def _replicate_packed(self) -> int:
@@ -304,9 +305,18 @@ class Worker:
         with self.node.session() as session:
             return {tid: name for name, tid in self.node.tier_ids(session=session).items()}
 
-    def _succeeded(self, ids: list[int], tier: str, b3s: list[str], *, verified: bool) -> None:
+    def _succeeded(
+        self,
+        ids: list[int],
+        tier: str,
+        b3s: list[str],
+        *,
+        verified: str | None,
+        key: str | None = None,
+    ) -> None:
         now = utcnow()
         R = models.Replica
+        renamed = {} if key is None else {"key": key}
         with self.node.session() as session:
             result = session.execute(
                 sa.update(R)
@@ -320,10 +330,12 @@ class Worker:
                     # is the first verification; audits (issue 4) re-check later.
                     last_verified_at=now,
                     updated_at=now,
+                    **renamed,
                 )
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 return  # our lease expired and another worker took the row over
+            mark_reachable(tier, session=session)
             for b3 in b3s:
                 session.add(
                     models.Event(
@@ -332,7 +344,7 @@ class Worker:
                         object_id=b3,
                         tier=tier,
                         outcome=EventOutcome.SUCCESS,
-                        detail={"verified": "read back" if verified else "write-time digest"},
+                        detail={"verified": verified or "write-time digest"},
                         agent=AGENT,
                     )
                 )
@@ -345,6 +357,8 @@ class Worker:
         log.warning("replication of %s to %s failed (retry in %.0fs): %s", what, tier, delay, exc)
         self._release(ids, delay=delay, failed=True)
         with self.node.session() as session:
+            if target_down and isinstance(exc, TierUnavailable):
+                mark_unreachable(tier, utcnow(), session=session)
             session.add(
                 models.Event(
                     type=EventType.REPLICATION,

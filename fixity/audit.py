@@ -28,8 +28,10 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
 from archive.config import AuditPolicy
 from archive.node import ArchiveNode
+from archive.reachability import mark_reachable, mark_unreachable
 from fixity.checks import CheckResult, Finding, Level, Member, Target, check, event_detail
 from fixity.manifests import audit_manifests
+from fixity.proofs import audit_by_proof
 from fixity.ratelimit import ByteRate
 from fixity.report import AuditReport, record_daily_summary
 from fixity.schedule import (
@@ -40,7 +42,7 @@ from fixity.schedule import (
     next_after_audit,
     schedule_new,
 )
-from tiers import ObjectNotFound, TierError
+from tiers import ObjectNotFound, ProvingTier, TierError
 
 AGENT = "permafrost/fixity"
 SUMMARY_OBJECT = "archive"
@@ -181,6 +183,12 @@ class Auditor:
         sampled: bool,
     ) -> int:
         pending = list(claims)
+        done = 0
+        if isinstance(self.node.tiers[tier], ProvingTier) and not sampled and opts.level is None:
+            # A partner proves possession of a batch at once (fixity.proofs).
+            loose = [c for c in pending if c.blob_b3 is not None]
+            pending = [c for c in pending if c.blob_b3 is None]
+            done = audit_by_proof(self, tier, loose, report)
 
         def audit_one(claim: AuditClaim) -> int:
             if not self.usable(tier):  # the tier failed meanwhile: leave the rest for later
@@ -196,9 +204,9 @@ class Auditor:
 
         threads = min(self.node.settings.audit_threads, len(pending))
         if threads <= 1:
-            return sum(audit_one(claim) for claim in pending)
+            return done + sum(audit_one(claim) for claim in pending)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit") as pool:
-            return sum(pool.map(audit_one, pending))
+            return done + sum(pool.map(audit_one, pending))
 
     def check_twice(self, tier: str, target: Target, level: Level) -> CheckResult:
         """A failed check is repeated once with a fresh read before it counts."""
@@ -294,6 +302,8 @@ class Auditor:
             delay = self.back_off(tier, claim.failures + 1)
             report.unreachable_copy(tier, result.detail, sampled=sampled)
             with self.node.session() as session:
+                if result.finding == Finding.UNREACHABLE:
+                    mark_unreachable(tier, now, session=session)
                 values: dict[str, object] = {
                     "lease_owner": None,
                     "lease_expires_at": None,
@@ -342,6 +352,7 @@ class Auditor:
             changed = session.execute(sa.update(R).where(mine).values(**values))
             if changed.rowcount == 0:  # type: ignore[attr-defined]
                 return  # our lease ran out and another worker took the copy over
+            mark_reachable(tier, session=session)
             session.add(
                 models.Event(
                     type=EventType.FIXITY_CHECK,

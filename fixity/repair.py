@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -150,7 +151,9 @@ class Repairer:
             with target_tier.begin_put() as upload:
                 for chunk in read_stored(src_tier, source):
                     upload.write(chunk)
-                upload.promote(claim.key, expect_b3=blob.stored_b3, replace=True)
+                # A partner tier names the copy by its own digest: record where it went.
+                promoted = upload.promote(claim.key, expect_b3=blob.stored_b3, replace=True)
+                target = replace(target, key=promoted.key)
         except (TierError, OSError) as exc:
             return self.unrepaired(
                 tier_name, claim, state, "blob", blob.b3, NoGoodSource(True, f"copy failed: {exc}")
@@ -161,7 +164,7 @@ class Repairer:
             blob.b3,
             tier_name,
             True,
-            {"from": source.tier, "key": claim.key, "purpose": "repair"},
+            {"from": source.tier, "key": target.key, "purpose": "repair"},
         )
         result = self.verify_result(target_tier, target)
         return self.finish(tier_name, claim, state, target, result, source.tier)
@@ -328,6 +331,7 @@ class Repairer:
                     provider_checksum=result.provider_checksum,
                     next_audit_at=None,  # scheduled afresh by the next audit pass
                     failures=0,
+                    key=target.key,
                     lease_owner=None,
                     lease_expires_at=None,
                     updated_at=now,

@@ -13,7 +13,7 @@ and an existing key is never overwritten.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol, runtime_checkable
@@ -239,6 +239,37 @@ class ColdTier(Tier, Protocol):
 
     def retrieval_options(self) -> list[RetrievalOption]:
         """Every speed this tier offers, fastest first, with delay and price."""
+        ...
+
+
+@runtime_checkable
+class ProvingTier(Tier, Protocol):
+    """A tier whose holder proves possession without sending the bytes back (a partner
+    node, issue 5): it answers the keyed BLAKE3 of what it stores under a fresh key we
+    chose, which it cannot compute without reading every stored byte.
+
+    Such a tier may name what it stores by the digest of the bytes it holds (a
+    partner's content addresses, or the BLAKE3 of a sealed copy): :meth:`Upload.promote`
+    then returns the key to record, which may differ from the one asked for, and that
+    key is what ``open``, ``stat``, ``delete`` and ``prove`` take afterwards.
+    """
+
+    put_check: str
+    """How a promoted copy was proven (``proof of possession``, or the holder's own
+    check of the digest): a promote that returns has proven it that way."""
+
+    def prove(self, keys: Sequence[str], challenge: bytes) -> dict[str, str | None]:
+        """The holder's keyed BLAKE3 (``blake3(key=challenge)``) of each key's stored
+        bytes; None for a key it does not hold.
+
+        Raises:
+            TierUnavailable: the holder did not answer (nothing is known of the bytes).
+        """
+        ...
+
+    def expected_proof(self, stored: Iterable[bytes], *, stored_b3: str, challenge: bytes) -> str:
+        """What :meth:`prove` must answer for a copy of ``stored`` (the bytes we hold,
+        whose BLAKE3 is ``stored_b3``), as this tier sends them (sealed or not)."""
         ...
 
 

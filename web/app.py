@@ -13,14 +13,16 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from archive.config import Settings, load_settings
 from archive.node import ArchiveNode
+from federation.api import router as federation_router
 from web.api import api_router, health
 from web.api.bags import bags_router
 from web.api.events import metrics_router
 from web.auth import SESSION_COOKIE
-from web.body_limits import BodyLimits
+from web.body_limits import BodyLimits, body_limit
 from web.errors import install_error_handlers
 from web.portal import install_portal
 from web.rate_limits import RateLimit, RateLimits
@@ -59,6 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(api_router())
     app.include_router(bags_router())
+    app.include_router(federation_router)
+    for route in federation_router.routes:  # partners stream blobs and manifests to us
+        if isinstance(route, APIRoute) and "PUT" in (route.methods or ()):
+            body_limit("upload")(route.endpoint)
     install_portal(app)
     # Outermost first: refuse by rate before anything else, then bound the body.
     app.state.rate_limits = RateLimits.of(resolved)

@@ -6,8 +6,9 @@ with ``Retry-After`` (RFC 6585 §4), before any body is read or any catalog look
 made. The ``limits`` library was considered: it offers fixed and moving windows,
 not a bucket with a burst, and its moving window keeps a timestamp per request.
 
-Keys: a request whose bearer token or portal session was already proven valid in
-this process is counted against that credential; every other request (no
+Keys: a request whose bearer token, portal session or partner signing key (the
+``keyid`` of a federation request's signature) was already proven valid in this
+process is counted against that credential; every other request (no
 credentials, or credentials not yet proven) against its client address. So a
 caller cannot escape the limit by sending made-up tokens, each of which would
 otherwise get a fresh bucket: :func:`vouch` (called by :mod:`web.auth` once a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -120,9 +122,14 @@ def _digest(secret: bytes) -> str:
     return hashlib.sha256(secret).hexdigest()[:32]
 
 
+_KEYID = re.compile(rb'keyid="([^"]{1,200})"')
+
+
 def _credential(scope: Scope, cookie_name: bytes) -> bytes | None:
-    """The bearer token, else the session cookie, as sent (not yet checked)."""
+    """The bearer token, else the session cookie, else the key a federation request
+    says it is signed with, as sent (not yet checked)."""
     cookie: bytes | None = None
+    keyid: bytes | None = None
     prefix = cookie_name + b"="
     for name, value in scope["headers"]:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
@@ -133,7 +140,9 @@ def _credential(scope: Scope, cookie_name: bytes) -> bytes | None:
                 part = part.strip()
                 if part.startswith(prefix):
                     cookie = part[len(prefix) :]
-    return cookie
+        if name == b"signature-input" and (found := _KEYID.search(value)):
+            keyid = found[1]
+    return cookie or keyid
 
 
 class RateLimit:

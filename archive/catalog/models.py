@@ -186,6 +186,8 @@ class Tier(SQLModel, table=True):
     region: str | None = Field(default=None, max_length=100)
     settings: dict[str, Any] = _json()
     created_at: dt.datetime = _time()
+    unreachable_since: dt.datetime | None = _time(nullable=True)
+    """Since when the tier has not answered (audits, copies); None while it answers."""
 
 
 class Replica(SQLModel, table=True):
@@ -344,3 +346,41 @@ class UploadGrant(SQLModel, table=True):
     user_id: int = Field(foreign_key="user.id", primary_key=True)
     blob_b3: str = Field(foreign_key="blob.b3", primary_key=True, max_length=64)
     created_at: dt.datetime = _time()
+
+
+class Partner(SQLModel, table=True):
+    """Another institution's node that holds copies for us or for which we hold copies
+    (issue 5): known by its Ed25519 public key, which signs its requests (RFC 9421)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    url: str = Field(max_length=1000)
+    public_key: str = Field(max_length=100, unique=True)
+    """Raw Ed25519 public key, base64url without padding (what ``node info`` prints)."""
+    quota_bytes: int = Field(default=0, sa_type=sa.BigInteger)
+    """Bytes we hold for this partner at most (0: we hold nothing for them)."""
+    created_at: dt.datetime = _time()
+
+
+class HeldObject(SQLModel, table=True):
+    """An object we hold for a partner: a blob (named by the BLAKE3 of its bytes) or a
+    manifest (named by dataset and version file); inventory and quota are counted here."""
+
+    partner_id: int = Field(foreign_key="partner.id", primary_key=True)
+    kind: str = Field(max_length=10, primary_key=True)
+    """``blob`` or ``manifest``."""
+    name: str = Field(max_length=300, primary_key=True)
+    size: int = Field(sa_type=sa.BigInteger)
+    b3: str = Field(max_length=64)
+    created_at: dt.datetime = _time()
+
+
+class SeenNonce(SQLModel, table=True):
+    """A signature nonce already accepted; a request carrying it again is a replay.
+
+    Kept until ``expires_at`` (creation time plus the allowed skew): after that the
+    signature is stale anyway, so the row can go.
+    """
+
+    nonce: str = Field(primary_key=True, max_length=100)
+    expires_at: dt.datetime = _time(index=True)

@@ -57,7 +57,8 @@ def sign_in_redirect(request: Request) -> HTTPException:
 
 def _is_page(request: Request) -> bool:
     path = request.url.path
-    return not (path.startswith("/api/") or path in ("/healthz", "/docs", "/openapi.json"))
+    machine = ("/api/", "/federation/")
+    return not (path.startswith(machine) or path in ("/healthz", "/docs", "/openapi.json"))
 
 
 def _page(request: Request, status_code: int, detail: str) -> HTMLResponse:
