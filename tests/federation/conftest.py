@@ -106,10 +106,16 @@ def make_pair(tmp_path: Path, home_database: str | None) -> Iterator[PairFactory
             quota: int = 1024 * MiB,
             encrypt: bool = False,
             partner_wrap: Wrapper | None = None,
+            partner_extra: dict[str, Any] | None = None,
             **home_extra: Any,
         ) -> Pair:
-            """``partner_wrap`` puts ASGI middleware in front of the partner (a cheat)."""
-            partner = start("partner", _settings(tmp_path / "partner", None), partner_wrap)
+            """``partner_wrap`` puts ASGI middleware in front of the partner (a cheat);
+            ``partner_extra`` are settings of the partner's."""
+            partner = start(
+                "partner",
+                _settings(tmp_path / "partner", None, **(partner_extra or {})),
+                partner_wrap,
+            )
             key_file = None
             if encrypt:
                 key_file = tmp_path / "home" / "keys" / "collection.key"

@@ -209,3 +209,26 @@ def test_inventory_pages_usage_and_manifests(client_of: Connect, make_pair: Pair
 
 def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def test_a_partner_streams_large_bodies_and_is_limited_by_its_key(
+    client_of: Connect, make_pair: PairFactory
+) -> None:
+    """The partner's web app applies its limits to federation requests: a blob over the
+    1 MiB limit of JSON bodies is an upload, and a proven partner key gets a rate
+    bucket of its own, so many requests from its address pass where anonymous
+    callers from the same address are refused with 429."""
+    pair = make_pair(partner_extra={"anonymous_rate_per_second": 0.01, "anonymous_rate_burst": 3})
+    client = client_of(pair)
+    big = os.urandom(3 * MiB)
+    address = blake3.blake3(big).hexdigest()
+    assert client.put_blob(address, [big], size=len(big), sha256=_sha(big)) is True
+    for _ in range(12):  # far past the address's burst of three
+        assert client.usage()["used_bytes"] == len(big)
+    anonymous = [
+        httpx.get(f"{pair.partner.url}/federation/v1/usage", timeout=10).status_code
+        for _ in range(4)
+    ]
+    assert anonymous[-1] == 429 and set(anonymous) <= {401, 429}
+    assert client.usage()["objects"] == 1  # the partner itself is still served
+    assert held(pair)[0] == [("blob", address)]
