@@ -50,6 +50,7 @@ from tiers import (
     TierCapabilities,
     TierConfigError,
     TierError,
+    exists_by_stat,
 )
 
 SPOOL_IN_MEMORY = 64 * 1024 * 1024
@@ -174,11 +175,7 @@ class FederationTier:
         return ObjectInfo(key=key, size=plain_size(size) if self.encrypt else size)
 
     def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except ObjectNotFound:
-            return False
-        return True
+        return exists_by_stat(self, key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for item in self.client.inventory():

@@ -20,6 +20,7 @@ from tiers.base import (
     Tier,
     TierCapabilities,
     Upload,
+    exists_by_stat,
     restore_status_of,
 )
 from tiers.errors import (
@@ -49,6 +50,7 @@ __all__ = [
     "TierError",
     "TierUnavailable",
     "Upload",
+    "exists_by_stat",
     "open_tier",
     "restore_status_of",
 ]

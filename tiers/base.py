@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
-from tiers.errors import InvalidKey
+from tiers.errors import InvalidKey, ObjectNotFound
 
 #: Read and write granularity for streaming copies. Large enough that the per-call
 #: overhead of Python, hashing and syscalls vanishes, small enough to keep memory flat.
@@ -333,3 +333,12 @@ def _check_characters(text: str, what: str) -> None:
         raise InvalidKey(f"{what} {text!r} is absolute", key=text)
     if "\\" in text or any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
         raise InvalidKey(f"{what} {text!r} holds a backslash or a control character", key=text)
+
+
+def exists_by_stat(tier: Tier, key: str) -> bool:
+    """:meth:`Tier.exists` for a backend whose ``stat`` is its cheapest question."""
+    try:
+        tier.stat(key)
+    except ObjectNotFound:
+        return False
+    return True

@@ -35,6 +35,7 @@ from tiers.base import (
     check_key,
     check_prefix,
     copy_stream,
+    exists_by_stat,
 )
 from tiers.errors import (
     DigestMismatch,
@@ -134,11 +135,7 @@ class LocalTier:
         return _info(key, st)
 
     def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except ObjectNotFound:
-            return False
-        return True
+        return exists_by_stat(self, key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key (code point) order.

@@ -53,6 +53,7 @@ from tiers.base import (
     check_key,
     check_prefix,
     copy_stream,
+    exists_by_stat,
 )
 from tiers.errors import NeedsRestore, ObjectExists, ObjectNotFound, TierConfigError, TierError
 from tiers.s3_errors import translate_error
@@ -229,11 +230,7 @@ class S3Tier:
         )
 
     def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except ObjectNotFound:
-            return False
-        return True
+        return exists_by_stat(self, key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """``ListObjectsV2`` pages (in key order), prefix stripped, staging skipped."""
