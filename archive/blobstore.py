@@ -115,13 +115,7 @@ def _replica_row(tier_id: int, key: str, now: dt.datetime, **target: str) -> dic
     }
 
 
-def record_loose(digest: BlobDigest, *, tier: str, tier_id: int, session: Session) -> None:
-    record_loose_many([digest], tier=tier, tier_id=tier_id, session=session)
-
-
-def record_loose_many(
-    digests: list[BlobDigest], *, tier: str, tier_id: int, session: Session
-) -> None:
+def record_loose(digests: list[BlobDigest], *, tier: str, tier_id: int, session: Session) -> None:
     now = utcnow()
     insert_ignore(session, models.Blob, _blob_rows(digests, now))
     insert_ignore(
@@ -166,7 +160,7 @@ class GroupRecorder:
         try:
             with session_scope(self._engine) as session:
                 for (tier, tier_id), digests in by_tier.items():
-                    record_loose_many(digests, tier=tier, tier_id=tier_id, session=session)
+                    record_loose(digests, tier=tier, tier_id=tier_id, session=session)
         except BaseException as exc:
             for *_, done in batch:
                 done.set_exception(exc)

@@ -50,6 +50,7 @@ from archive.ingest import ingest_tree  # noqa: E402
 from archive.node import ArchiveNode  # noqa: E402
 from archive.packs import blob_key  # noqa: E402
 from bench.datagen import large_set  # noqa: E402
+from bench.replicate_archive import cpu_seconds  # noqa: E402
 from fixity.audit import AuditOptions, Auditor  # noqa: E402
 from fixity.checks import Level  # noqa: E402
 
@@ -77,26 +78,21 @@ def _warm(paths: list[Path]) -> None:
                 pass
 
 
-def _cpu(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _timed_command(argv: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds of a command (with every process it waited for)."""
     os.sync()
-    cpu, start = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+    cpu, start = cpu_seconds(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start, _cpu(resource.RUSAGE_CHILDREN) - cpu
+    return time.perf_counter() - start, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
 def _timed_audit(node: ArchiveNode, level: Level) -> tuple[float, float]:
     """Wall and CPU seconds (every thread of this process) of one audit pass."""
     os.sync()
     auditor = Auditor(node, owner="bench")
-    cpu, start = _cpu(resource.RUSAGE_SELF), time.perf_counter()
+    cpu, start = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
     report = auditor.audit_pass(AuditOptions(level=level, due_only=False, manifests=False))
-    seconds, cpu = time.perf_counter() - start, _cpu(resource.RUSAGE_SELF) - cpu
+    seconds, cpu = time.perf_counter() - start, cpu_seconds(resource.RUSAGE_SELF) - cpu
     if not report.clean or report.checked == 0:
         raise SystemExit(f"the {level} audit did not pass: {report.as_dict()}")
     return seconds, cpu

@@ -53,7 +53,7 @@ import httpx  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
-from bench.replicate_archive import child_cpu_seconds  # noqa: E402
+from bench.replicate_archive import child_cpu_seconds, cpu_seconds  # noqa: E402
 from tests.support.s3server import S3Server, free_ports, new_server, run_seaweedfs  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
@@ -156,16 +156,11 @@ def permafrost_server(work: Path, server: S3Server, bucket: str) -> Iterator[str
         log.close()
 
 
-def _cpu(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _cpu_by_part(own: int) -> dict[str, float]:
     """CPU seconds so far: ``own`` (this process, or its reaped children), the live
     ``permafrost serve`` child and SeaweedFS."""
     return {
-        "client": _cpu(own),
+        "client": cpu_seconds(own),
         "server": child_cpu_seconds(("permafrost",)),
         "seaweedfs": child_cpu_seconds(("weed",)),
     }

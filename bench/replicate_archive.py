@@ -65,9 +65,10 @@ def failures(node: ArchiveNode, tier: str) -> list[str]:
     return [str(row[0].get("error", row[0])) for row in rows]
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """User + system CPU time of this process (all its threads), or with
+    ``RUSAGE_CHILDREN`` of its children that were waited for."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
