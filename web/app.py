@@ -15,6 +15,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from archive.accounts import prepare_sign_in
 from archive.config import Settings, load_settings
 from archive.node import ArchiveNode
 from federation.api import router as federation_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         node = await anyio.to_thread.run_sync(ArchiveNode.open, resolved)
+        await anyio.to_thread.run_sync(prepare_sign_in)
         app.state.node = node
         try:
             yield
