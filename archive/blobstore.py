@@ -11,11 +11,13 @@ a pack is swept by ``permafrost gc``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import weakref
-from collections.abc import Iterable
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,7 @@ from archive.encoding import BlobDigest
 from archive.errors import BlobDigestMismatch
 from archive.packs import PackWriter, SealedPack, blob_key, pack_key
 from archive.retrieval import measure_stored
-from tiers import Tier
+from tiers import ObjectExists, Tier, Upload
 
 AGENT = "permafrost/ingest"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -249,9 +251,21 @@ def adopt_existing(tier: Tier, b3: str) -> BlobDigest:
     raise BlobDigestMismatch(b3, "blake3", b3, found or "undecodable")
 
 
+#: Blobs and packs written but not yet durable and recorded, per ingest: each holds
+#: an open staging file and nothing else in memory.
+MAX_PENDING = 8
+
+
 @dataclass
 class BlobSink:
-    """Collects new blobs during one ingest: small ones into packs, large ones loose."""
+    """Collects new blobs during one ingest: small ones into packs, large ones loose.
+
+    Making stored bytes durable is left to one background thread: the fsync,
+    promote and catalog record of a finished blob or pack run while the caller
+    reads and compresses the next file, so the disk writes back one blob while
+    the cores encode another. :meth:`flush` waits for all of it; until it returns
+    nothing of this ingest may be committed.
+    """
 
     tier: Tier
     tier_id: int
@@ -259,6 +273,8 @@ class BlobSink:
     pack_size: int
     stored: dict[str, BlobDigest] = field(default_factory=dict)
     _writer: PackWriter | None = None
+    _pool: ThreadPoolExecutor | None = None
+    _pending: deque[tuple[Future[None], Callable[[], None]]] = field(default_factory=deque)
 
     def add_small(self, digest: BlobDigest, data: bytes) -> None:
         if digest.b3 in self.stored:
@@ -268,21 +284,81 @@ class BlobSink:
         self._writer.add(digest, data)
         self.stored[digest.b3] = digest
         if self._writer.size >= self.pack_size:
-            self.flush()
+            self._seal()
 
     def recorded_loose(self, digest: BlobDigest) -> None:
         """A loose blob was promoted: record it now so a crash after this keeps it."""
         recorder_for(self.engine).record(digest, tier=self.tier.name, tier_id=self.tier_id)
         self.stored[digest.b3] = digest
 
-    def flush(self) -> None:
-        if self._writer is None or self._writer.empty:
+    def promote_loose(self, upload: Upload, digest: BlobDigest) -> None:
+        """Make a fully written loose blob durable, promote and record it, in the
+        background. From now on the sink owns ``upload``.
+
+        A blob already stored under the key (left unrecorded by a crash) is adopted
+        once its bytes are proven to be ``digest.b3``.
+        """
+        self.stored[digest.b3] = digest
+
+        def durable() -> None:
+            try:
+                upload.promote(blob_key(digest.b3), expect_b3=digest.stored_b3)
+                proven = digest
+            except ObjectExists:
+                proven = adopt_existing(self.tier, digest.b3)
+            self.recorded_loose(proven)
+
+        self._later(durable, upload.abort)
+
+    def _seal(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None or writer.empty:
             return
-        pack = self._writer.seal()
-        if pack is not None:
-            with session_scope(self.engine) as session:
-                record_pack(pack, tier=self.tier.name, tier_id=self.tier_id, session=session)
+
+        def durable() -> None:
+            pack = writer.seal()
+            if pack is not None:
+                with session_scope(self.engine) as session:
+                    record_pack(pack, tier=self.tier.name, tier_id=self.tier_id, session=session)
+
+        self._later(durable, writer.abort)
+
+    def _later(self, work: Callable[[], None], drop: Callable[[], None]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="durable")
+        try:
+            self._pending.append((self._pool.submit(work), drop))
+        except BaseException:
+            drop()
+            raise
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popleft()[0].result()
+
+    def flush(self) -> None:
+        """Seal the open pack; return once every blob of this sink is durable and recorded.
+
+        Raises:
+            Whatever storing a blob or pack raised (the first such error).
+        """
+        self._seal()
+        while self._pending:
+            self._pending[0][0].result()
+            self._pending.popleft()
 
     def abort(self) -> None:
+        """Drop what is not stored yet: staged bytes of pending blobs and the open pack.
+        Work already running is let finish (it leaves a recorded blob or nothing)."""
+        for future, drop in self._pending:
+            if future.cancel():
+                drop()
+        for future, _ in self._pending:
+            if not future.cancelled():
+                with contextlib.suppress(BaseException):
+                    future.result()
+        self._pending.clear()
         if self._writer is not None:
             self._writer.abort()
+            self._writer = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

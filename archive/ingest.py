@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import blake3
 import sqlalchemy as sa
 
-from archive.blobstore import BlobSink, adopt_existing, present_blobs
+from archive.blobstore import BlobSink, present_blobs
 from archive.datasets import (
     DatasetRef,
     NewEntry,
@@ -39,10 +39,8 @@ from archive.datasets import (
 from archive.encoding import CHUNK, BlobDigest, Encoder, pays
 from archive.errors import NotFound, UnsupportedFile
 from archive.node import ArchiveNode
-from archive.packs import blob_key
 from archive.replication import plan
 from archive.scan import SourceFile, scan_tree
-from tiers import ObjectExists
 
 SAMPLE = 1024 * 1024
 WINDOW_FILES = 64
@@ -86,7 +84,7 @@ class _Prior:
 
 
 def _previous_entries(node: ArchiveNode, ref: DatasetRef) -> dict[str, _Prior]:
-    with node.session() as session:
+    with node.reading() as session:
         try:
             dataset = get_dataset(ref.collection, ref.dataset, session=session)
             version = get_version(dataset, None, session=session)
@@ -105,7 +103,7 @@ class _Ingest:
         self.progress = progress
         settings = node.settings
         self.level = settings.zstd_level
-        with node.session() as session:
+        with node.reading() as session:
             tier_id = node.tier_ids(session=session)[settings.hot_tier]
         self.sink = BlobSink(node.hot, tier_id, node.engine, settings.pack_size)
         self.threads = settings.ingest_threads or max(2, os.cpu_count() or 2)
@@ -157,7 +155,7 @@ class _Ingest:
     def _store_small(self, batch: list[tuple[SourceFile, BlobDigest, bytes]]) -> None:
         if not batch:
             return
-        with self.node.session() as session:
+        with self.node.reading() as session:
             known = present_blobs((d.b3 for _, d, _ in batch), session=session)
         for f, digest, stored in batch:
             self.digests[f.path] = digest
@@ -189,7 +187,7 @@ class _Ingest:
     def _known(self, b3: str) -> bool:
         if b3 in self.sink.stored:
             return True
-        with self.node.session() as session:
+        with self.node.reading() as session:
             return bool(present_blobs([b3], session=session))
 
     def _encode_large(self, f: SourceFile) -> BlobDigest:
@@ -200,28 +198,29 @@ class _Ingest:
                 first = fh.read(CHUNK)
                 compress = encoder.looks_compressible(first[:SAMPLE])
                 while True:
-                    with tier.begin_put() as upload:
+                    upload = tier.begin_put()
+                    try:
                         digest = encoder.encode_stream(
                             fh, f.size, upload, first=first, compress=compress
                         )
-                        if compress and not pays(digest.size, digest.stored_size):
-                            # The sample misled us: store it raw (the one case read twice).
-                            upload.abort()
-                            fh.seek(0)
-                            first, compress = fh.read(CHUNK), False
-                            continue
-                        if self._known(digest.b3):
-                            upload.abort()
-                            self.deduplicated += 1
-                            return digest
-                        try:
-                            upload.promote(blob_key(digest.b3), expect_b3=digest.stored_b3)
-                        except ObjectExists:
-                            digest = adopt_existing(tier, digest.b3)
+                    except BaseException:
+                        upload.abort()
+                        raise
+                    if compress and not pays(digest.size, digest.stored_size):
+                        # The sample misled us: store it raw (the one case read twice).
+                        upload.abort()
+                        fh.seek(0)
+                        first, compress = fh.read(CHUNK), False
+                        continue
                     break
         except OSError as exc:
             raise UnsupportedFile(f.path, exc.strerror or str(exc)) from exc
-        self.sink.recorded_loose(digest)
+        if self._known(digest.b3):
+            upload.abort()
+            self.deduplicated += 1
+            return digest
+        # Durable, promoted and recorded in the background, while the next file encodes.
+        self.sink.promote_loose(upload, digest)
         return digest
 
 

@@ -11,14 +11,27 @@ from pathlib import Path
 
 import blake3
 import pytest
+from sqlmodel import select
 
+from archive.blobstore import present_blobs
+from archive.catalog.models import Replica
 from archive.config import Settings
-from archive.datasets import NewEntry, commit_version, iter_entries, parse_ref
+from archive.datasets import (
+    NewEntry,
+    commit_version,
+    get_dataset,
+    get_version,
+    iter_entries,
+    parse_ref,
+)
 from archive.errors import InvalidTree, MissingBlobs, UnsupportedFile
 from archive.ingest import ingest_tree
 from archive.node import ArchiveNode
+from archive.packs import blob_key
 from tests.archive.conftest import Cli
 from tests.support.archive_state import snapshot
+from tiers import TierError
+from tiers.local import LocalTier
 
 
 @pytest.fixture
@@ -224,3 +237,51 @@ def test_a_hundred_thousand_files_in_one_folder(cli: Cli, tmp_path: Path) -> Non
     }
     assert got == want
     assert cli("get", "lab/flat", "f099999.txt", "-o", "-").stdout == "99999\n"
+
+
+def test_a_blob_that_cannot_be_stored_fails_the_ingest_and_leaves_nothing(
+    local_node: ArchiveNode, tmp_path: Path
+) -> None:
+    """Large blobs are made durable and promoted in the background while the next
+    file encodes: a failure there must still fail the ingest before anything is
+    committed, drop every staged byte, and let a rerun finish once it is fixed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    doomed = os.urandom(3 * 1024 * 1024)
+    (src / "a-doomed.bin").write_bytes(doomed)
+    for i in range(3):  # queued behind it: still pending or stored when it fails
+        (src / f"b-{i}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    (src / "small.txt").write_text("packed")
+    address = blake3.blake3(doomed).hexdigest()
+    hot = local_node.hot
+    assert isinstance(hot, LocalTier)
+    blocker = hot.root / "blobs" / "b3" / address[:2]
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"an object where the blob's folder must go")
+    blob_tables = ("blob", "replica", "event", "pack", "packmember")
+    before = snapshot(local_node, ignore_tables=blob_tables).rows
+
+    with pytest.raises(TierError, match="a folder cannot also hold keys below it"):
+        ingest_tree(local_node, src, parse_ref("lab/doomed"))
+
+    # No dataset, version or entry; blobs stored before the failure are recorded
+    # (a rerun reuses them), and nothing else is left in the tier, staged or not.
+    assert snapshot(local_node, ignore_tables=blob_tables).rows == before
+    assert not hot.staging.exists() or not any(hot.staging.iterdir())
+    with local_node.session() as session:
+        recorded = set(session.exec(select(Replica.key)).all())
+    left = {info.key for info in hot.list("")} - {f"blobs/b3/{address[:2]}"}
+    assert left <= recorded and blob_key(address) not in recorded
+
+    blocker.unlink()
+    report = ingest_tree(local_node, src, parse_ref("lab/doomed"))
+    assert (report.version, report.files) == (1, 5)
+    with local_node.session() as session:
+        dataset = get_dataset("lab", "doomed", session=session)
+        version = get_version(dataset, None, session=session)
+        assert version.id is not None
+        entries = {e.path: e.b3 for e in iter_entries(version.id, session=session)}
+        assert present_blobs(entries.values(), session=session) == set(entries.values())
+    assert entries["a-doomed.bin"] == address
+    with hot.open(blob_key(address)) as stored:
+        assert blake3.blake3(stored.read()).hexdigest() == address  # random bytes: stored raw
