@@ -91,6 +91,9 @@ def tar_member(b3: str, stored: bytes) -> bytes:
 
 
 TAR_END = b"\0" * (2 * BLOCK)
+#: Members are gathered into writes of this size: one write (and one hasher call)
+#: per small file cost more than the rest of adding it.
+WRITE_SIZE = 1024 * 1024
 
 
 class PackWriter:
@@ -101,6 +104,7 @@ class PackWriter:
         self._upload: Upload | None = None
         self._offset = 0
         self._members: list[PackedBlob] = []
+        self._buffer = bytearray()
 
     @property
     def size(self) -> int:
@@ -115,9 +119,15 @@ class PackWriter:
             self._upload = self.tier.begin_put()
         header = _header(blob_key(digest.b3), len(stored))
         pad = -len(stored) % BLOCK
-        self._upload.write(header + stored + b"\0" * pad)
+        buffer = self._buffer
+        buffer += header
+        buffer += stored
+        buffer += bytes(pad)
         self._members.append(PackedBlob(digest, self._offset + len(header), len(stored)))
         self._offset += len(header) + len(stored) + pad
+        if len(buffer) >= WRITE_SIZE:
+            self._upload.write(memoryview(buffer))
+            self._buffer = bytearray()  # a new one: the upload may keep what it was given
 
     def seal(self) -> SealedPack | None:
         """Finish the tar, promote it under its own BLAKE3, write the sidecar index."""
@@ -125,7 +135,9 @@ class PackWriter:
             return None
         upload, members = self._upload, self._members
         self._upload, self._members, self._offset = None, [], 0
-        upload.write(b"\0" * (2 * BLOCK))
+        self._buffer += TAR_END
+        upload.write(memoryview(self._buffer))
+        self._buffer = bytearray()
         pack_id = upload.b3
         # ObjectExists: the very same bytes are already there (named by their digest).
         with contextlib.suppress(ObjectExists):
@@ -148,3 +160,4 @@ class PackWriter:
             self._upload = None
             self._members = []
             self._offset = 0
+            self._buffer = bytearray()
