@@ -108,10 +108,7 @@ def test_ignore_keeps_the_first_row_and_all_refuses_a_taken_key(node: ArchiveNod
         insert_ignore(session, models.Blob, [again, _blob(9)])
     with node.reading() as session:
         rows = session.exec(select(models.Blob.b3, models.Blob.sha256)).all()
-    assert sorted(rows) == sorted(
-        [(first["b3"], first["sha256"]), (_blob(8)["b3"], _blob(8)["sha256"])]
-        + [(_blob(9)["b3"], _blob(9)["sha256"])]
-    )
+    assert sorted(rows) == sorted((b["b3"], b["sha256"]) for b in (first, _blob(8), _blob(9)))
     with pytest.raises(sa.exc.IntegrityError), node.session() as session:
         insert_all(session, models.Blob, [_blob(10), again])
     with node.reading() as session:  # the failed transaction left nothing
