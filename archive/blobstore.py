@@ -251,9 +251,12 @@ def adopt_existing(tier: Tier, b3: str) -> BlobDigest:
     raise BlobDigestMismatch(b3, "blake3", b3, found or "undecodable")
 
 
-#: Blobs and packs written but not yet durable and recorded, per ingest: each holds
-#: an open staging file and nothing else in memory.
+#: Blobs and packs written but not yet durable and recorded, per ingest. A staged
+#: upload may hold its bytes in memory until promoted (an S3 tier buffers objects up
+#: to its multipart threshold), so the bytes waiting are bounded too; one blob may
+#: always wait, whatever its size, so its promote overlaps the next file.
 MAX_PENDING = 8
+MAX_PENDING_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -274,7 +277,7 @@ class BlobSink:
     stored: dict[str, BlobDigest] = field(default_factory=dict)
     _writer: PackWriter | None = None
     _pool: ThreadPoolExecutor | None = None
-    _pending: deque[tuple[Future[None], Callable[[], None]]] = field(default_factory=deque)
+    _pending: deque[tuple[Future[None], Callable[[], None], int]] = field(default_factory=deque)
 
     def add_small(self, digest: BlobDigest, data: bytes) -> None:
         if digest.b3 in self.stored:
@@ -308,7 +311,7 @@ class BlobSink:
                 proven = adopt_existing(self.tier, digest.b3)
             self.recorded_loose(proven)
 
-        self._later(durable, upload.abort)
+        self._later(durable, upload.abort, upload.size)
 
     def _seal(self) -> None:
         writer, self._writer = self._writer, None
@@ -321,17 +324,20 @@ class BlobSink:
                 with session_scope(self.engine) as session:
                     record_pack(pack, tier=self.tier.name, tier_id=self.tier_id, session=session)
 
-        self._later(durable, writer.abort)
+        self._later(durable, writer.abort, writer.size)
 
-    def _later(self, work: Callable[[], None], drop: Callable[[], None]) -> None:
+    def _later(self, work: Callable[[], None], drop: Callable[[], None], size: int) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="durable")
         try:
-            self._pending.append((self._pool.submit(work), drop))
+            self._pending.append((self._pool.submit(work), drop, size))
         except BaseException:
             drop()
             raise
-        while len(self._pending) > MAX_PENDING:
+        while len(self._pending) > 1 and (
+            len(self._pending) > MAX_PENDING
+            or sum(size for *_, size in self._pending) > MAX_PENDING_BYTES
+        ):
             self._pending.popleft()[0].result()
 
     def flush(self) -> None:
@@ -348,10 +354,10 @@ class BlobSink:
     def abort(self) -> None:
         """Drop what is not stored yet: staged bytes of pending blobs and the open pack.
         Work already running is let finish (it leaves a recorded blob or nothing)."""
-        for future, drop in self._pending:
+        for future, drop, _ in self._pending:
             if future.cancel():
                 drop()
-        for future, _ in self._pending:
+        for future, *_ in self._pending:
             if not future.cancelled():
                 with contextlib.suppress(BaseException):
                     future.result()
