@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -36,7 +36,7 @@ class TrustedProxies:
     def __init__(self, app: ASGIApp, *, trusted: Sequence[str]) -> None:
         self.networks = parse_networks(trusted)
         # uvicorn's middleware rewrites scheme and client; it gets exactly our list.
-        self.app: Any = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted))
+        self.app = ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=list(trusted))
         self.inner = app
 
     def trusts(self, scope: Scope) -> bool:
