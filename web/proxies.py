@@ -36,7 +36,9 @@ class TrustedProxies:
     def __init__(self, app: ASGIApp, *, trusted: Sequence[str]) -> None:
         self.networks = parse_networks(trusted)
         # uvicorn's middleware rewrites scheme and client; it gets exactly our list.
-        self.app = ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=list(trusted))
+        self.app: ASGIApp = cast(
+            Any, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=list(trusted))
+        )
         self.inner = app
 
     def trusts(self, scope: Scope) -> bool:
