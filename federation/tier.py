@@ -352,10 +352,14 @@ class FederationUpload:
 
 
 def _unsealed(sealer: Sealer, chunks: Iterable[bytes], key: str, tier: str) -> Iterator[bytes]:
+    """The plaintext; a seal that does not open is damage to the copy (its GCM tag, a
+    MAC over every byte, does not match), not a failure of the partner to answer."""
     try:
         yield from sealer.open(chunks)
     except SealBroken as exc:
-        raise TierError(f"{key}: {exc}", tier=tier, key=key) from exc
+        raise DigestMismatch(
+            key, "AES-256-GCM tag", "a seal that opens", str(exc), tier=tier
+        ) from exc
 
 
 def _window(chunks: Iterable[bytes], offset: int, length: int | None) -> Iterator[bytes]:
