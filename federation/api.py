@@ -263,8 +263,11 @@ async def get_manifest(name: str, request: Request, caller: CallerDep) -> Respon
 
     def read() -> bytes:
         _held_or_404(node, caller, MANIFEST, full)
-        with holding_tier(node).open(held_key(caller.name, MANIFEST, full)) as stream:
-            return stream.read()
+        try:
+            with holding_tier(node).open(held_key(caller.name, MANIFEST, full)) as stream:
+                return stream.read()
+        except ObjectNotFound as exc:  # lost here: the partner must see it missing (404)
+            raise NotFound(f"manifest {full} is recorded but gone from storage") from exc
 
     body = await anyio.to_thread.run_sync(read)
     return Response(body, media_type="application/octet-stream")
