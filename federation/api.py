@@ -31,7 +31,7 @@ from archive.catalog.models import ReplicaState
 from archive.errors import Conflict, NotFound
 from archive.held import BLOB, MANIFEST, held_key, holding_tier
 from archive.node import ArchiveNode
-from federation.errors import AddressMismatch, BadFederationRequest
+from federation.errors import AddressMismatch, BadFederationRequest, RangeNotSatisfiable
 from federation.intake import (
     PREFIX,
     CallerDep,
@@ -135,9 +135,11 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None:
         raise BadFederationRequest(f"unsupported Range {header[:80]!r}")
     start = int(match[1])
-    end = int(match[2]) if match[2] else size - 1
-    if start > end or end >= size:
-        raise BadFederationRequest(f"Range {header[:80]!r} outside 0-{size - 1}")
+    if start >= size:
+        raise RangeNotSatisfiable(header, size)
+    end = min(int(match[2]), size - 1) if match[2] else size - 1  # cut at the end (RFC 9110)
+    if start > end:
+        raise BadFederationRequest(f"Range {header[:80]!r}: the last byte is before the first")
     return start, end - start + 1
 
 
