@@ -11,7 +11,8 @@ and their BLAKE3 must be the one recorded at ingest (a sealed copy is opened fir
 its GCM tag checked, and the plaintext hashed). Not a proof of possession, as for
 blobs: a manifest is kilobytes to a few MiB, so reading it back costs about what a
 proof request does, and it needs no copy at home to compute the expected answer.
-It also works for any other tier kind (an S3 bucket at a partner) that gets rows.
+Nothing here is particular to partner nodes: rows on another tier kind would be
+audited the same way (today only the federation loop sends manifests anywhere).
 
 A failed read is repeated once before it counts; a tier that does not answer is
 unreachable, which changes no state. A damaged or missing copy is repaired by
@@ -36,19 +37,18 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
-from fixity.checks import CheckResult, Finding, Level, Target, event_detail, hash_stream
+from fixity.checks import CheckResult, Finding, Target, event_detail
 from fixity.manifests import manifest_pieces, version_object_id
-from fixity.ratelimit import UNLIMITED, ByteRate
+from fixity.readback import read_back, read_back_twice
 from fixity.report import AuditReport, RepairOutcome
 from fixity.schedule import next_after_audit, spread
-from tiers import DigestMismatch, NeedsRestore, ObjectNotFound, Tier, TierError
+from tiers import TierError
 
 if TYPE_CHECKING:
     from fixity.audit import AuditOptions, Auditor
     from fixity.repair import Repairer
 
 AGENT = "permafrost/fixity"
-READ_BACK = "read back"
 
 
 @dataclass(frozen=True)
@@ -138,38 +138,6 @@ def claim_copies(
             .values(next_audit_at=until, updated_at=now)
         )
     return claims
-
-
-def read_back(tier: Tier, target: Target, rate: ByteRate = UNLIMITED) -> CheckResult:
-    """Read the copy whole and compare its BLAKE3; never raises for a tier failure."""
-    level = Level.STORED
-    try:
-        with tier.open(target.key) as raw:
-            found, size = hash_stream(raw, rate)
-    except ObjectNotFound:
-        return CheckResult(Finding.MISSING, level, detail=f"{target.key}: no such object")
-    except NeedsRestore as exc:
-        return CheckResult(Finding.NEEDS_RESTORE, level, detail=str(exc))
-    except DigestMismatch as exc:  # a sealed copy whose tag fails: its bytes were changed
-        return CheckResult(Finding.DAMAGED, level, detail=str(exc))
-    except TierError as exc:
-        return CheckResult(Finding.UNREACHABLE, level, detail=str(exc))
-    if found != target.stored_b3:
-        detail = f"blake3: expected {target.stored_b3}, found {found}"
-        return CheckResult(Finding.DAMAGED, level, size, detail)
-    return CheckResult(Finding.OK, level, size, READ_BACK)
-
-
-def read_back_twice(tier: Tier, target: Target, rate: ByteRate = UNLIMITED) -> CheckResult:
-    """A failed read is repeated once, fresh, before it counts (as every audit does)."""
-    first = read_back(tier, target, rate)
-    if not first.is_damage:
-        return first
-    second = read_back(tier, target, rate)
-    if second.ok:
-        note = f"first read failed ({first.detail}); a fresh read was good"
-        return CheckResult(Finding.OK, second.level, first.bytes_read + second.bytes_read, note)
-    return second
 
 
 # -- audit ------------------------------------------------------------------------------
