@@ -436,7 +436,15 @@ def serve(
     try:
         import uvicorn  # 0.1 s of imports every other command does without
 
-        uvicorn.run("web.app:create_app", factory=True, host=bind_host, port=bind_port)
+        # Forwarding headers are the app's business (web.proxies, ``trusted_proxies``),
+        # not uvicorn's default trust of 127.0.0.1 and FORWARDED_ALLOW_IPS.
+        uvicorn.run(
+            "web.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            proxy_headers=False,
+        )
     finally:
         if embedded is not None:
             embedded.stop.set()

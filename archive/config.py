@@ -9,6 +9,7 @@ Unknown keys are rejected loudly, so a typo never silently falls back to a defau
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -264,6 +265,11 @@ class Settings(BaseSettings):
     """Signed federation requests older or newer than this are refused (RFC 9421 ``created``)."""
     federation_tier: str | None = None
     """The tier that holds what partners send us (default: ``hot_tier``)."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses (or CIDR networks) of reverse proxies in front of ``permafrost serve``
+    whose ``X-Forwarded-Proto``, ``-Host`` and ``-For`` headers are believed, so the URI a
+    partner signed (RFC 9421 ``@target-uri``) and the client address rate limits count are
+    the public ones. Empty (default): no forwarding header is believed, from anyone."""
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -287,6 +293,11 @@ class Settings(BaseSettings):
         unknown = set(self.audit) - set(self.tiers) - set(DEFAULT_AUDIT)
         if unknown:
             raise ValueError(f"audit policy for unknown tier or role: {', '.join(sorted(unknown))}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {proxy!r} is no address or network") from exc
         if self.federation_tier is not None and self.federation_tier not in self.tiers:
             raise ValueError(f"federation_tier {self.federation_tier!r} is not a declared tier")
         if self.hot_tier not in self.tiers:

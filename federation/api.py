@@ -27,9 +27,11 @@ import blake3
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from archive.catalog.models import ReplicaState
 from archive.errors import Conflict, NotFound
+from archive.held import BLOB, MANIFEST, held_key, holding_tier
 from archive.node import ArchiveNode
-from federation.errors import AddressMismatch, BadFederationRequest
+from federation.errors import AddressMismatch, BadFederationRequest, RangeNotSatisfiable
 from federation.intake import (
     PREFIX,
     CallerDep,
@@ -42,20 +44,17 @@ from federation.intake import (
 )
 from federation.partners import (
     ADDRESS,
-    BLOB,
-    MANIFEST,
     check_quota,
     find_held,
     forget_held,
-    held_key,
     held_names,
-    holding_tier,
     inventory,
     record_held,
+    renew_held,
     usage,
 )
 from federation.signing import Caller
-from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, ObjectNotFound
+from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, ObjectNotFound, Tier
 from tiers.base import check_key
 from tiers.local import LocalTier
 
@@ -76,19 +75,22 @@ async def put_blob(
     check_address(address)
     size = declared_length(request)
 
-    def admit() -> bool:
+    def admit() -> tuple[bool, bool]:
+        """Whether we hold it already, and whether our audit last found it bad (then the
+        bytes sent replace what we have: the partner is repairing its copy)."""
         with node.session() as session:
-            if find_held(caller.partner_id, BLOB, address, session=session) is not None:
-                return True
+            found = find_held(caller.partner_id, BLOB, address, session=session)
+            if found is not None:
+                return True, found.state != ReplicaState.PRESENT
             check_quota(caller.partner_id, caller.quota_bytes, size, session=session)
-            return False
+            return False, False
 
-    held = await anyio.to_thread.run_sync(admit)
+    held, damaged = await anyio.to_thread.run_sync(admit)
     tier = holding_tier(node)
     upload = await anyio.to_thread.run_sync(tier.begin_put)
     try:
         await receive(request, caller, size, upload)
-        if held:
+        if held and not damaged:
             if upload.b3 != address:
                 raise AddressMismatch(address, upload.b3)
             await anyio.to_thread.run_sync(upload.abort)
@@ -96,7 +98,9 @@ async def put_blob(
             return {"address": address, "size": size, "stored": False}
         key = held_key(caller.name, BLOB, address)
         try:
-            await anyio.to_thread.run_sync(lambda: upload.promote(key, expect_b3=address))
+            await anyio.to_thread.run_sync(
+                lambda: upload.promote(key, expect_b3=address, replace=damaged)
+            )
         except DigestMismatch as exc:
             raise AddressMismatch(address, exc.found) from exc
         except ObjectExists:
@@ -107,7 +111,10 @@ async def put_blob(
 
     def record() -> None:
         with node.session() as session:
-            record_held(caller.partner_id, BLOB, address, size, address, session=session)
+            if damaged:
+                renew_held(caller.partner_id, BLOB, address, session=session)
+            else:
+                record_held(caller.partner_id, BLOB, address, size, address, session=session)
 
     await anyio.to_thread.run_sync(record)
     return {"address": address, "size": size, "stored": True}
@@ -128,9 +135,11 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None:
         raise BadFederationRequest(f"unsupported Range {header[:80]!r}")
     start = int(match[1])
-    end = int(match[2]) if match[2] else size - 1
-    if start > end or end >= size:
-        raise BadFederationRequest(f"Range {header[:80]!r} outside 0-{size - 1}")
+    if start >= size:
+        raise RangeNotSatisfiable(header, size)
+    end = min(int(match[2]), size - 1) if match[2] else size - 1  # cut at the end (RFC 9110)
+    if start > end:
+        raise BadFederationRequest(f"Range {header[:80]!r}: the last byte is before the first")
     return start, end - start + 1
 
 
@@ -211,23 +220,42 @@ async def put_manifest(
     b3 = blake3.blake3(body).hexdigest()
 
     def store() -> bool:
+        key = held_key(caller.name, MANIFEST, full)
         with node.session() as session:
             held = find_held(caller.partner_id, MANIFEST, full, session=session)
             if held is not None:
                 if held.b3 != b3:
                     raise Conflict(f"manifest {full} is already held with other bytes")
-                return False
+                if _holds_intact(holding_tier(node), key, b3):
+                    return False
+                # Lost or changed here since (our audit may not have run yet): the
+                # partner is repairing its copy, so the proven bytes replace ours.
+                with holding_tier(node).begin_put() as upload:
+                    upload.write(body)
+                    upload.promote(key, expect_b3=b3, replace=True)
+                renew_held(caller.partner_id, MANIFEST, full, session=session)
+                return True
             check_quota(caller.partner_id, caller.quota_bytes, size, session=session)
             with contextlib.suppress(ObjectExists):
-                holding_tier(node).put(
-                    held_key(caller.name, MANIFEST, full), io.BytesIO(body), expect_b3=b3
-                )
+                holding_tier(node).put(key, io.BytesIO(body), expect_b3=b3)
             record_held(caller.partner_id, MANIFEST, full, size, b3, session=session)
             return True
 
     if not await anyio.to_thread.run_sync(store):
         response.status_code = status.HTTP_200_OK
     return {"name": full, "size": size, "b3": b3}
+
+
+def _holds_intact(tier: Tier, key: str, b3: str) -> bool:
+    """Whether ``key`` still holds bytes hashing to ``b3`` (a manifest: small, read whole)."""
+    hasher = blake3.blake3()
+    try:
+        with tier.open(key) as stream:
+            while chunk := stream.read(CHUNK_SIZE):
+                hasher.update(chunk)
+    except ObjectNotFound:
+        return False
+    return hasher.hexdigest() == b3
 
 
 @router.get("/manifests/{name:path}")
@@ -237,8 +265,11 @@ async def get_manifest(name: str, request: Request, caller: CallerDep) -> Respon
 
     def read() -> bytes:
         _held_or_404(node, caller, MANIFEST, full)
-        with holding_tier(node).open(held_key(caller.name, MANIFEST, full)) as stream:
-            return stream.read()
+        try:
+            with holding_tier(node).open(held_key(caller.name, MANIFEST, full)) as stream:
+                return stream.read()
+        except ObjectNotFound as exc:  # lost here: the partner must see it missing (404)
+            raise NotFound(f"manifest {full} is recorded but gone from storage") from exc
 
     body = await anyio.to_thread.run_sync(read)
     return Response(body, media_type="application/octet-stream")

@@ -118,12 +118,22 @@ class FederationClient:
     def get_blob(
         self, address: str, *, offset: int = 0, length: int | None = None
     ) -> Iterator[Iterator[bytes]]:
+        if length == 0:  # no Range can ask for nothing: ask whether it is held
+            self.head_blob(address)
+            yield iter(())
+            return
         headers = {}
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{end}"
         request = self.build("GET", f"/blobs/{address}", headers=headers)
-        response = self.send(request, key=address, stream=True)
+        try:
+            response = self.send(request, key=address, stream=True)
+        except PartnerRefused as exc:
+            if exc.status != 416:
+                raise
+            yield iter(())  # starts at or past the end: nothing, as every tier's ranges
+            return
         try:
             yield self._body(response, address)
         finally:

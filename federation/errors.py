@@ -7,6 +7,7 @@ They extend the archive's tree, so the web layer renders them like any other::
     │   └── SignatureRefused(reason)      unsigned, unknown key, bad or stale signature, replay
     ├── InvalidInput                      422
     │   ├── BadFederationRequest          400: malformed address, name, JSON or length
+    │   │   ├── RangeNotSatisfiable(size) 416: a Range that starts at or past the end
     │   │   ├── BodyDigestMismatch        400: the body does not match its Content-Digest
     │   │   └── AddressMismatch           400: the body does not hash to its address
     │   ├── UnsupportedMediaType          415
@@ -29,6 +30,16 @@ class SignatureRefused(NotAuthenticated):
 
 class BadFederationRequest(InvalidInput):
     http_status = 400
+
+
+class RangeNotSatisfiable(BadFederationRequest):
+    """RFC 9110 section 15.5.17: the range starts at or past the end of the object."""
+
+    http_status = 416
+
+    def __init__(self, header: str, size: int) -> None:
+        super().__init__(f"Range {header[:80]!r} starts at or past the end ({size} bytes)")
+        self.size = size
 
 
 class BodyDigestMismatch(BadFederationRequest):

@@ -2,11 +2,13 @@
 
 Blobs reach a partner as ordinary replicas; a version's manifest (its metadata and
 every entry, DESIGN section 3) goes too, so the partner's copy is enough to rebuild
-the catalog. Manifests have no replica rows: what was sent is what the PREMIS
-``replication`` events of ``manifest`` objects on that tier say. Each pass sends at
-most :data:`BATCH` manifests per partner tier, of the collections whose policy
-targets that tier; sending again is harmless (the partner answers 200 for the same
-bytes), so a pass killed half-way loses nothing.
+the catalog. Each manifest sent is recorded as a
+:class:`~archive.catalog.models.ManifestCopy` row (and a PREMIS ``replication``
+event), which the fixity engine then audits and repairs like any other copy
+(:mod:`fixity.manifest_copies`). Each pass sends at most :data:`BATCH` manifests per
+partner tier, of the collections whose policy targets that tier; sending again is
+harmless (the partner answers 200 for the same bytes), so a pass killed half-way
+loses nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def manifest_step(worker: Worker) -> int:
     for name, tier in node.tiers.items():
         if not isinstance(tier, FederationTier) or not worker.tier_usable(name):
             continue
-        for key, b3 in _unsent(worker, name):
+        for version_id, key, b3 in _unsent(worker, name):
             try:
                 with node.hot.open(key) as stream:
                     tier.put(key, io.BytesIO(stream.read()), expect_b3=b3)
@@ -45,6 +47,8 @@ def manifest_step(worker: Worker) -> int:
                 worker.back_off(name, 1)
                 break
             with node.session() as session:
+                tier_id = node.tier_ids(session=session)[name]
+                session.add(models.ManifestCopy(version_id=version_id, tier_id=tier_id, key=key))
                 session.add(
                     models.Event(
                         type=EventType.REPLICATION,
@@ -60,26 +64,23 @@ def manifest_step(worker: Worker) -> int:
     return sent
 
 
-def _unsent(worker: Worker, tier: str) -> list[tuple[str, str]]:
-    """(manifest key, BLAKE3) of versions whose collection wants ``tier``, not yet sent."""
-    E, V, D, C = models.Event, models.Version, models.Dataset, models.Collection
+def _unsent(worker: Worker, tier: str) -> list[tuple[int, str, str]]:
+    """(version id, manifest key, BLAKE3) of versions whose collection wants ``tier`` and
+    whose manifest has no copy there yet."""
+    M, V, D, C = models.ManifestCopy, models.Version, models.Dataset, models.Collection
     with worker.node.session() as session:
+        tier_id = worker.node.tier_ids(session=session)[tier]
         wanted = [
             c.id
             for c in session.exec(select(C)).all()
             if c.id is not None and tier in targets_of(worker.node, c)
         ]
-        sent = sa.select(col(E.object_id)).where(
-            col(E.type) == EventType.REPLICATION,
-            col(E.object_type) == "manifest",
-            col(E.tier) == tier,
-            col(E.outcome) == EventOutcome.SUCCESS,
-        )
+        held = sa.exists().where(col(M.version_id) == col(V.id), col(M.tier_id) == tier_id)
         rows = session.execute(
-            sa.select(col(V.manifest_key), col(V.manifest_b3))
+            sa.select(col(V.id), col(V.manifest_key), col(V.manifest_b3))
             .join(D, col(D.id) == col(V.dataset_id))
-            .where(col(D.collection_id).in_(wanted), col(V.manifest_key).not_in(sent))
+            .where(col(D.collection_id).in_(wanted), ~held)
             .order_by(col(V.id))
             .limit(BATCH)
         ).all()
-    return [(key, b3) for key, b3 in rows]
+    return [(version_id, key, b3) for version_id, key, b3 in rows]

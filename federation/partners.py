@@ -4,7 +4,8 @@ An administrator registers a partner by name with its URL, its public key (what 
 ``permafrost node info`` prints) and the quota agreed with it. What a partner sends
 us is kept in our own storage, under ``partners/<name>/`` on the federation tier
 (``Settings.federation_tier``, default the hot tier), so quota and inventory are per
-partner, and recorded as :class:`archive.catalog.models.HeldObject` rows.
+partner, and recorded as :class:`archive.catalog.models.HeldObject` rows
+(:mod:`archive.held` says where they live, so our own audits can read them too).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from archive.catalog import models
+from archive.catalog.models import ReplicaState
 from archive.errors import Conflict, InvalidInput
 from archive.identity import parse_public_key
-from archive.node import ArchiveNode
 from federation.errors import QuotaExceeded
-from tiers import Tier
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ADDRESS = re.compile(r"^[0-9a-f]{64}$")
@@ -29,7 +29,6 @@ ADDRESS = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_NAME = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9][A-Za-z0-9._-]{0,99}/v[1-9][0-9]{0,8}\.json$"
 )
-BLOB, MANIFEST = "blob", "manifest"
 
 
 def add_partner(
@@ -74,17 +73,6 @@ def list_partners(*, session: Session) -> list[tuple[models.Partner, int, int]]:
     return out
 
 
-def holding_tier(node: ArchiveNode) -> Tier:
-    return node.tiers[node.settings.federation_tier or node.settings.hot_tier]
-
-
-def held_key(partner: str, kind: str, name: str) -> str:
-    """Where an object held for ``partner`` lives in our tier (names are checked first)."""
-    if kind == BLOB:
-        return f"partners/{partner}/blobs/b3/{name[:2]}/{name[2:4]}/{name}"
-    return f"partners/{partner}/manifests/{name}"
-
-
 def usage(partner_id: int, *, session: Session) -> tuple[int, int]:
     """Bytes and objects held for the partner."""
     H = models.HeldObject
@@ -127,6 +115,17 @@ def record_held(
         session.add(
             models.HeldObject(partner_id=partner_id, kind=kind, name=name, size=size, b3=b3)
         )
+
+
+def renew_held(partner_id: int, kind: str, name: str, *, session: Session) -> None:
+    """The partner sent an object again that our audit had found damaged or missing,
+    and the good bytes are back: it is present, and due for a fresh audit schedule."""
+    H = models.HeldObject
+    session.execute(
+        sa.update(H)
+        .where(col(H.partner_id) == partner_id, col(H.kind) == kind, col(H.name) == name)
+        .values(state=ReplicaState.PRESENT, next_audit_at=None)
+    )
 
 
 def forget_held(partner_id: int, kind: str, name: str, *, session: Session) -> bool:

@@ -52,6 +52,7 @@ from tiers import (
     TierError,
     exists_by_stat,
 )
+from tiers.errors import InvalidKey
 
 SPOOL_IN_MEMORY = 64 * 1024 * 1024
 PROOF_BATCH = 1000
@@ -130,8 +131,10 @@ class FederationTier:
             return _Name("blob", match[1])
         if match := _MANIFEST_KEY.match(key):
             return _Name("manifest", match[1])
-        raise TierError(
-            f"{key}: a partner holds loose blobs and manifests only", tier=self.name, key=key
+        raise InvalidKey(
+            f"{key}: a partner holds loose blobs (named by their BLAKE3) and manifests only",
+            tier=self.name,
+            key=key,
         )
 
     # -- the five verbs ---------------------------------------------------------------
@@ -147,6 +150,8 @@ class FederationTier:
     def open(
         self, key: str, *, offset: int = 0, length: int | None = None
     ) -> AbstractContextManager[BinaryIO]:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"negative range: offset={offset}, length={length}")
         return self._open(self._name(key), key, offset, length)
 
     @contextmanager
@@ -237,6 +242,7 @@ class FederationUpload:
             else None
         )
         self._size = 0
+        self._done = False
 
     @property
     def size(self) -> int:
@@ -253,6 +259,8 @@ class FederationUpload:
         return hasher.hexdigest()
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._done:
+            raise ValueError("write to an upload that was promoted or aborted")
         self.spool.write(data)
         self._sha256.update(data)
         if self._keyed is not None:
@@ -279,6 +287,9 @@ class FederationUpload:
                 it holds them; TierUnavailable: the partner did not answer.
         """
         tier = self.tier
+        if self._done:
+            raise ValueError("promote of an upload that was promoted or aborted")
+        expect_b3 = expect_b3.lower() if expect_b3 is not None else None
         try:
             name = tier._name(key)
             if replace and name.kind == "blob":
@@ -305,8 +316,8 @@ class FederationUpload:
             try:
                 tier.client.put_blob(address, self._chunks(source), size=size, sha256=sha256)
             except PartnerRefused as exc:
-                if exc.error == "AddressMismatch":
-                    raise DigestMismatch(key, "blake3", b3, exc.detail, tier=tier.name) from exc
+                if exc.error == "AddressMismatch":  # what we sent hashes to what we have
+                    raise DigestMismatch(key, "blake3", b3, self.b3, tier=tier.name) from exc
                 raise
             if keyed is not None:
                 self._check_proof(key, address, keyed)
@@ -342,6 +353,7 @@ class FederationUpload:
         return sealed, address.hexdigest(), sha256.digest(), proof, size
 
     def abort(self) -> None:
+        self._done = True
         self.spool.close()
 
     def __enter__(self) -> FederationUpload:
@@ -352,10 +364,14 @@ class FederationUpload:
 
 
 def _unsealed(sealer: Sealer, chunks: Iterable[bytes], key: str, tier: str) -> Iterator[bytes]:
+    """The plaintext; a seal that does not open is damage to the copy (its GCM tag, a
+    MAC over every byte, does not match), not a failure of the partner to answer."""
     try:
         yield from sealer.open(chunks)
     except SealBroken as exc:
-        raise TierError(f"{key}: {exc}", tier=tier, key=key) from exc
+        raise DigestMismatch(
+            key, "AES-256-GCM tag", "a seal that opens", str(exc), tier=tier
+        ) from exc
 
 
 def _window(chunks: Iterable[bytes], offset: int, length: int | None) -> Iterator[bytes]:

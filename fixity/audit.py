@@ -30,6 +30,8 @@ from archive.config import AuditPolicy
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
 from fixity.checks import CheckResult, Finding, Level, Member, Target, check, event_detail
+from fixity.held import audit_held
+from fixity.manifest_copies import audit_manifest_copies
 from fixity.manifests import audit_manifests
 from fixity.proofs import audit_by_proof
 from fixity.ratelimit import ByteRate
@@ -58,6 +60,7 @@ class AuditOptions:
     limit: int | None = None
     due_only: bool = True
     manifests: bool = True
+    """Version manifests too: the hot tier's copies and those on the tiers audited."""
     samples: bool = True
     """Cold tiers: read a random sample within the restore budget."""
 
@@ -144,6 +147,9 @@ class Auditor:
                 self._audit_samples(tier, ids[tier], opts, report)
         if opts.manifests and self.node.settings.hot_tier in wanted:
             audit_manifests(self, opts, report)
+        if opts.manifests:
+            audit_manifest_copies(self, opts, report, wanted)
+        audit_held(self, opts, report, wanted)
         report.finished_at = utcnow()
         with self.node.session() as session:
             if report.checked or report.unreachable:

@@ -118,6 +118,19 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
             out.print(line, markup=False)
         m = data["manifests"]
         out.print(f" manifests: {m['count']}, {m['damaged']} damaged, {m['due_now']} due")
+        if m["copies_elsewhere"]:
+            out.print(
+                f"            and {m['copies_elsewhere']} copies on partner tiers, "
+                f"{m['copies_elsewhere_damaged']} damaged, {m['copies_elsewhere_due_now']} due"
+            )
+        h = data["held_for_partners"]
+        if h["objects"]:
+            out.print(
+                f"held for partners (on {h['tier']}): {h['objects']} objects, "
+                f"{h['verified_within_interval']} verified within the interval, "
+                f"{h['damaged']} damaged or missing, {h['due_now']} due",
+                markup=False,
+            )
         out.print("every copy proven within its interval" if data["proven"] else "NOT all proven")
 
     @audit_app.command("report")

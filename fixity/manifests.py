@@ -162,7 +162,7 @@ def _repair_manifest(
     with repairer.node.session() as session:
         version = session.get(V, version_id)
         assert version is not None
-        object_id, pieces = _manifest_pieces(version, session=session)
+        object_id, pieces = manifest_pieces(version, session=session)
     upload = tier.begin_put()
     ok = False
     detail = ""
@@ -215,7 +215,7 @@ def _repair_manifest(
     )
 
 
-def _manifest_pieces(version: models.Version, *, session: Session) -> tuple[str, list[bytes]]:
+def manifest_pieces(version: models.Version, *, session: Session) -> tuple[str, list[bytes]]:
     dataset = session.get(models.Dataset, version.dataset_id)
     assert dataset is not None
     collection = session.get(models.Collection, dataset.collection_id)

@@ -38,6 +38,7 @@ from archive.retrieval import Location, locate, read_stored
 from fixity.audit import AGENT as AUDIT_AGENT
 from fixity.checks import CheckResult, Finding, Level, Member, Target, check, member_problem
 from fixity.errors import NoGoodSource
+from fixity.manifest_copies import repair_manifest_copies
 from fixity.manifests import repair_manifests
 from fixity.rebuild import repair_pack
 from fixity.report import RepairOutcome
@@ -131,6 +132,7 @@ class Repairer:
                 outcome = repair_pack(self, tier, claim, state)
             outcomes.append(outcome)
         outcomes += repair_manifests(self, limit or self.node.settings.audit_batch)
+        outcomes += repair_manifest_copies(self, limit or self.node.settings.audit_batch)
         return outcomes
 
     # -- loose blobs -------------------------------------------------------------------

@@ -72,11 +72,54 @@ def audit_status(node: ArchiveNode, *, session: Session) -> dict[str, Any]:
             sa.func.count().filter(col(V.manifest_next_audit_at) <= now),
         )
     ).one()
+    M = models.ManifestCopy
+    copies = session.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.count().filter(col(M.state) != ReplicaState.PRESENT),
+            sa.func.count().filter(col(M.next_audit_at) <= now),
+        )
+    ).one()
+    held = _held_status(node, session=session, now=now)
     return {
         "tiers": tiers,
-        "manifests": {"count": manifests[0], "damaged": manifests[1], "due_now": manifests[2]},
+        "manifests": {
+            "count": manifests[0],
+            "damaged": manifests[1],
+            "due_now": manifests[2],
+            "copies_elsewhere": copies[0],
+            "copies_elsewhere_damaged": copies[1],
+            "copies_elsewhere_due_now": copies[2],
+        },
+        "held_for_partners": held,
         "proven": all(t["overdue"] == 0 and t["damaged"] == 0 for t in tiers.values())
-        and manifests[1] == 0,
+        and manifests[1] == 0
+        and copies[1] == 0
+        and held["damaged"] == 0,
+    }
+
+
+def _held_status(node: ArchiveNode, *, session: Session, now: dt.datetime) -> dict[str, Any]:
+    """What we hold for partners, as our own audits of it found it (``fixity.held``)."""
+    H = models.HeldObject
+    tier = node.settings.federation_tier or node.settings.hot_tier
+    since = now - dt.timedelta(seconds=node.settings.audit_policy(tier).interval_seconds)
+    objects, verified, damaged, due = session.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.count().filter(
+                col(H.state) == ReplicaState.PRESENT, col(H.last_verified_at) >= since
+            ),
+            sa.func.count().filter(col(H.state) != ReplicaState.PRESENT),
+            sa.func.count().filter(col(H.next_audit_at) <= now),
+        )
+    ).one()
+    return {
+        "tier": tier,
+        "objects": objects,
+        "verified_within_interval": verified,
+        "damaged": damaged,
+        "due_now": due,
     }
 
 

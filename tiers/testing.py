@@ -18,6 +18,14 @@ cannot see, overrides :meth:`TierConformance.staged_leftovers`::
 The suite pins the contract of :mod:`tiers.base` down to bytes: ranges are cut at
 the end of the object as HTTP ranges are, keys are write-once, a digest mismatch or
 an abort leaves no trace, and a 100 MiB object moves through in flat memory.
+
+A tier that names what it holds by the BLAKE3 of the bytes (a partner node, DESIGN
+section 7) sets :attr:`TierConformance.content_addressed`: the suite then writes each
+object under the key its bytes name (:meth:`TierConformance.key_for`) instead of a
+free name, and every test runs as it does elsewhere. What such a tier cannot do by
+construction (free-form names, two different contents under one key) its subclass
+lists in :attr:`TierConformance.differences`, each with the reason and the error it
+fails with: a strict expected failure, so a difference that goes away turns the run red.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import tracemalloc
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import blake3
 import pytest
@@ -110,6 +118,12 @@ class TierConformance:
     stream_object_size: int = 100 * MiB
     stream_memory_limit: int = 40 * MiB
     """Most a 100 MiB put or read may grow the Python heap or the peak RSS by."""
+    content_addressed: bool = False
+    """The tier takes only ``blobs/b3/<aa>/<bb>/<BLAKE3 of the bytes>`` (and manifest) keys;
+    the tests put each object under the key its bytes name (:meth:`key_for`)."""
+    differences: ClassVar[dict[str, tuple[str, type[BaseException]]]] = {}
+    """Test name -> (why this tier genuinely behaves otherwise, the error the test fails
+    with): each such test is a strict expected failure for the tier."""
     lists_in_byte_order: bool = True
     """Keys are listed in code point (UTF-8 byte) order, as S3 specifies. A store that
     walks folders (SeaweedFS) lists ``a/b`` before ``a-c``; its subclass sets this to
@@ -118,6 +132,21 @@ class TierConformance:
     def staged_leftovers(self, tier: Tier) -> list[str]:
         """Staged bytes the backend still holds outside what ``list`` shows (override)."""
         return []
+
+    def key_for(self, name: str, data: bytes | str) -> str:
+        """Where the test stores ``data`` (bytes, or their BLAKE3): ``name``, or on a
+        content-addressed tier the blob key its BLAKE3 names."""
+        if not self.content_addressed:
+            return name
+        digest = data if isinstance(data, str) else b3(data)
+        return f"blobs/b3/{digest[:2]}/{digest[2:4]}/{digest}"
+
+    @pytest.fixture(autouse=True)
+    def _differences(self, request: pytest.FixtureRequest) -> None:
+        difference = self.differences.get(request.function.__name__)
+        if difference is not None:
+            reason, raises = difference
+            request.applymarker(pytest.mark.xfail(reason=reason, raises=raises, strict=True))
 
     def assert_empty(self, tier: Tier) -> None:
         assert keys(tier) == []
@@ -134,15 +163,17 @@ class TierConformance:
 
     def test_put_then_read_back(self, tier: Tier) -> None:
         data = random.randbytes(1000)
-        info = put_bytes(tier, "blobs/b3/ab/cd/one", data)
-        assert (info.key, info.size, info.b3) == ("blobs/b3/ab/cd/one", 1000, b3(data))
-        assert read(tier, "blobs/b3/ab/cd/one") == data
+        key = self.key_for("blobs/b3/ab/cd/one", data)
+        info = put_bytes(tier, key, data)
+        assert (info.key, info.size, info.b3) == (key, 1000, b3(data))
+        assert read(tier, key) == data
 
     def test_read_in_small_pieces(self, tier: Tier) -> None:
         data = random.randbytes(1000)
-        put_bytes(tier, "k", data)
+        key = self.key_for("k", data)
+        put_bytes(tier, key, data)
         pieces = []
-        with tier.open("k", offset=3) as stream:
+        with tier.open(key, offset=3) as stream:
             while piece := stream.read(7):
                 pieces.append(piece)
         assert b"".join(pieces) == data[3:]
@@ -150,16 +181,18 @@ class TierConformance:
     @pytest.mark.parametrize(("offset", "length"), RANGES_OF_1000)
     def test_ranged_read(self, tier: Tier, offset: int, length: int | None) -> None:
         data = random.randbytes(1000)
-        put_bytes(tier, "ranged", data)
+        key = self.key_for("ranged", data)
+        put_bytes(tier, key, data)
         end = None if length is None else offset + length
-        assert read(tier, "ranged", offset, length) == data[offset:end]
+        assert read(tier, key, offset, length) == data[offset:end]
 
     def test_negative_range_is_refused(self, tier: Tier) -> None:
-        put_bytes(tier, "k", b"abc")
+        key = self.key_for("k", b"abc")
+        put_bytes(tier, key, b"abc")
         with pytest.raises(ValueError, match="negative"):
-            tier.open("k", offset=-1)
+            tier.open(key, offset=-1)
         with pytest.raises(ValueError, match="negative"):
-            tier.open("k", length=-1)
+            tier.open(key, length=-1)
 
     @settings(
         max_examples=20,
@@ -183,52 +216,59 @@ class TierConformance:
     def test_any_range_reads_the_slice(
         self, tier: Tier, data: bytes, ranges: list[tuple[int, int | None]]
     ) -> None:
-        key = f"property/{uuid.uuid4().hex}"
+        key = self.key_for(f"property/{uuid.uuid4().hex}", data)
         assert put_bytes(tier, key, data).b3 == b3(data)
         for offset, length in ranges:
             end = None if length is None else offset + length
             assert read(tier, key, offset, length) == data[offset:end]
 
     def test_stat_and_exists(self, tier: Tier) -> None:
-        put_bytes(tier, "manifests/ds/v1.json", b"{}\n")
-        info = tier.stat("manifests/ds/v1.json")
-        assert (info.key, info.size) == ("manifests/ds/v1.json", 3)
+        put_bytes(tier, "manifests/c/ds/v1.json", b"{}\n")
+        info = tier.stat("manifests/c/ds/v1.json")
+        assert (info.key, info.size) == ("manifests/c/ds/v1.json", 3)
         assert info.modified is None or info.modified.tzinfo is not None
-        assert tier.exists("manifests/ds/v1.json")
-        assert not tier.exists("manifests/ds/v2.json")
-        assert not tier.exists("manifests/ds")
+        assert tier.exists("manifests/c/ds/v1.json")
+        assert not tier.exists("manifests/c/ds/v2.json")
+        assert not tier.exists(self.key_for("blobs/b3/00/00/x", b"not stored"))
+        if not self.content_addressed:  # a folder, not an object (no such key there)
+            assert not tier.exists("manifests/c/ds")
 
     def test_missing_key(self, tier: Tier) -> None:
-        put_bytes(tier, "present/x", b"x")
-        for missing in ("absent", "present/y", "present"):
+        put_bytes(tier, self.key_for("present/x", b"x"), b"x")
+        missing = [self.key_for("absent", b"absent"), self.key_for("present/y", b"y")]
+        if not self.content_addressed:  # a folder, not an object (no such key there)
+            missing.append("present")
+        for missing_key in missing:
             with pytest.raises(ObjectNotFound):
-                tier.stat(missing)
+                tier.stat(missing_key)
             with pytest.raises(ObjectNotFound):
-                read(tier, missing)
+                read(tier, missing_key)
             with pytest.raises(ObjectNotFound):
-                read(tier, missing, 1, 5)
+                read(tier, missing_key, 1, 5)
             with pytest.raises(ObjectNotFound):
-                read(tier, missing, 0, 0)
+                read(tier, missing_key, 0, 0)
 
     def test_zero_byte_object(self, tier: Tier) -> None:
-        info = put_bytes(tier, "empty", b"")
+        key = self.key_for("empty", b"")
+        info = put_bytes(tier, key, b"")
         assert (info.size, info.b3) == (0, b3(b""))
-        assert tier.stat("empty").size == 0
-        assert read(tier, "empty") == b""
-        assert read(tier, "empty", 0, 5) == b""
-        assert read(tier, "empty", 3) == b""
-        assert keys(tier) == ["empty"]
+        assert tier.stat(key).size == 0
+        assert read(tier, key) == b""
+        assert read(tier, key, 0, 5) == b""
+        assert read(tier, key, 3) == b""
+        assert keys(tier) == [key]
 
     def test_large_object(self, tier: Tier) -> None:
         data = self.payload("large")
+        key = self.key_for("packs/large.tar", data)
         with tier.begin_put() as upload:
             for start in range(0, len(data), MiB):
                 upload.write(data[start : start + MiB])
-            info = upload.promote("packs/large.tar", expect_b3=b3(data))
+            info = upload.promote(key, expect_b3=b3(data))
         assert (info.size, info.b3) == (len(data), b3(data))
-        assert tier.stat("packs/large.tar").size == len(data)
-        assert read(tier, "packs/large.tar") == data
-        assert read(tier, "packs/large.tar", 6 * MiB - 3, 10) == data[6 * MiB - 3 : 6 * MiB + 7]
+        assert tier.stat(key).size == len(data)
+        assert read(tier, key) == data
+        assert read(tier, key, 6 * MiB - 3, 10) == data[6 * MiB - 3 : 6 * MiB + 7]
         assert self.staged_leftovers(tier) == []
 
     def test_unusual_but_valid_keys(self, tier: Tier) -> None:
@@ -275,15 +315,17 @@ class TierConformance:
         assert keys(tier, "zzz/") == []
 
     def test_list_never_shows_staged_bytes(self, tier: Tier) -> None:
-        put_bytes(tier, "kept", b"k")
+        kept = self.key_for("kept", b"k")
+        put_bytes(tier, kept, b"k")
         with tier.begin_put() as upload:
             upload.write(self.payload("large"))
-            assert keys(tier) == ["kept"]
+            assert keys(tier) == [kept]
             assert keys(tier, ".") == []
             upload.abort()
 
     def test_sweep_removes_only_abandoned_staging(self, tier: Tier) -> None:
-        put_bytes(tier, "kept/one", b"kept")
+        kept = self.key_for("kept/one", b"kept")
+        put_bytes(tier, kept, b"kept")
         abandoned = tier.begin_put()  # a crash: written, never promoted nor aborted
         abandoned.write(self.payload("large"))
         now = dt.datetime.now(dt.UTC)
@@ -291,20 +333,23 @@ class TierConformance:
         staged = self.staged_leftovers(tier)
         assert tier.sweep_staging(now + dt.timedelta(minutes=5)) == len(staged)
         assert self.staged_leftovers(tier) == []
-        assert read(tier, "kept/one") == b"kept"
-        assert keys(tier) == ["kept/one"]
+        assert read(tier, kept) == b"kept"
+        assert keys(tier) == [kept]
         abandoned.abort()  # what the crashed writer would have done: still harmless
 
     def test_delete_is_idempotent(self, tier: Tier) -> None:
-        put_bytes(tier, "d/one", b"1")
-        put_bytes(tier, "d/two", b"2")
-        tier.delete("d/one")
-        tier.delete("d/one")
-        tier.delete("never/was")
-        assert not tier.exists("d/one")
-        assert keys(tier) == ["d/two"]
-        put_bytes(tier, "d/one", b"again")  # a deleted key can be written again
-        assert read(tier, "d/one") == b"again"
+        one, two = self.key_for("d/one", b"1"), self.key_for("d/two", b"2")
+        put_bytes(tier, one, b"1")
+        put_bytes(tier, two, b"2")
+        tier.delete(one)
+        tier.delete(one)
+        tier.delete(self.key_for("never/was", b"never"))
+        assert not tier.exists(one)
+        assert keys(tier) == [two]
+        # A deleted key can be written again (content-addressed: with the bytes it names).
+        again = b"1" if self.content_addressed else b"again"
+        put_bytes(tier, one, again)
+        assert read(tier, one) == again
 
     # Write-once, digests, staging
 
@@ -347,23 +392,25 @@ class TierConformance:
     def test_digest_mismatch_promotes_nothing(self, tier: Tier, size: str) -> None:
         data = self.payload(size)
         wrong = b3(b"something else")
+        key = self.key_for("blobs/b3/00/00/bad", wrong)
         with tier.begin_put() as upload:
             upload.write(data)
             with pytest.raises(DigestMismatch) as caught:
-                upload.promote("blobs/b3/00/00/bad", expect_b3=wrong)
+                upload.promote(key, expect_b3=wrong)
         error = caught.value
-        assert (error.key, error.algorithm) == ("blobs/b3/00/00/bad", "blake3")
+        assert (error.key, error.algorithm) == (key, "blake3")
         assert (error.expected, error.found) == (wrong, b3(data))
-        assert not tier.exists("blobs/b3/00/00/bad")
+        assert not tier.exists(key)
         self.assert_empty(tier)
 
     def test_put_checks_the_digest(self, tier: Tier) -> None:
         data = random.randbytes(5000)
+        key = self.key_for("checked", data)
         with pytest.raises(DigestMismatch):
-            put_bytes(tier, "checked", data, expect_b3=b3(data + b"!"))
+            put_bytes(tier, key, data, expect_b3=b3(data + b"!"))
         self.assert_empty(tier)
-        assert put_bytes(tier, "checked", data, expect_b3=b3(data).upper()).b3 == b3(data)
-        assert read(tier, "checked") == data
+        assert put_bytes(tier, key, data, expect_b3=b3(data).upper()).b3 == b3(data)
+        assert read(tier, key) == data
 
     def test_upload_reports_size_and_digest(self, tier: Tier) -> None:
         with tier.begin_put() as upload:
@@ -371,20 +418,20 @@ class TierConformance:
             upload.write(b"hello ")
             upload.write(memoryview(b"world"))
             assert (upload.size, upload.b3) == (11, b3(b"hello world"))
-            info = upload.promote("hello")
-        assert read(tier, "hello") == b"hello world"
+            info = upload.promote(self.key_for("hello", b"hello world"))
+        assert read(tier, self.key_for("hello", b"hello world")) == b"hello world"
         assert info.b3 == b3(b"hello world")
 
     def test_upload_is_final_after_promote(self, tier: Tier) -> None:
         upload = tier.begin_put()
         upload.write(b"x")
-        upload.promote("final")
+        upload.promote(self.key_for("final", b"x"))
         with pytest.raises(ValueError, match="promoted or aborted"):
             upload.write(b"y")
         with pytest.raises(ValueError, match="promoted or aborted"):
-            upload.promote("final-2")
+            upload.promote(self.key_for("final-2", b"x"))
         upload.abort()  # harmless
-        assert read(tier, "final") == b"x"
+        assert read(tier, self.key_for("final", b"x")) == b"x"
 
     @pytest.mark.parametrize("size", SIZES)
     def test_abort_leaves_nothing(self, tier: Tier, size: str) -> None:
@@ -438,11 +485,12 @@ class TierConformance:
         for chunk in pattern_chunks(size):
             expected.update(chunk)
         source = io.BufferedReader(ChunkStream(pattern_chunks(size)))
+        key = self.key_for("big/stream", expected.hexdigest())
         with _MemoryWatch() as write_watch:
-            info = tier.put("big/stream", source, expect_b3=expected.hexdigest())
+            info = tier.put(key, source, expect_b3=expected.hexdigest())
         assert (info.size, info.b3) == (size, expected.hexdigest())
         hasher, total = blake3.blake3(), 0
-        with _MemoryWatch() as read_watch, tier.open("big/stream") as stream:
+        with _MemoryWatch() as read_watch, tier.open(key) as stream:
             while chunk := stream.read(CHUNK_SIZE):
                 hasher.update(chunk)
                 total += len(chunk)

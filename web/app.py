@@ -26,6 +26,7 @@ from web.auth import SESSION_COOKIE
 from web.body_limits import BodyLimits, body_limit
 from web.errors import install_error_handlers
 from web.portal import install_portal
+from web.proxies import TrustedProxies
 from web.rate_limits import RateLimit, RateLimits
 
 DESCRIPTION = """\
@@ -72,4 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limits = RateLimits.of(resolved)
     app.add_middleware(BodyLimits, settings=resolved)
     app.add_middleware(RateLimit, limits=app.state.rate_limits, session_cookie=SESSION_COOKIE)
+    if resolved.trusted_proxies:  # outermost: rate limits then count the real client
+        app.add_middleware(TrustedProxies, trusted=resolved.trusted_proxies)
     return app

@@ -16,8 +16,8 @@ credential checks out) is what moves a credential to a bucket of its own.
 
 State is in process memory, guarded by a lock, shared by every thread of one
 server process; several processes each apply the limit on their own (docs/security.md).
-Behind a reverse proxy, run uvicorn with ``--proxy-headers`` so the client address
-is the caller's, not the proxy's. ``/healthz`` is never limited.
+Behind a reverse proxy, list it in ``trusted_proxies`` (:mod:`web.proxies`) so the
+client address is the caller's, not the proxy's. ``/healthz`` is never limited.
 """
 
 from __future__ import annotations

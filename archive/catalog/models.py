@@ -362,9 +362,40 @@ class Partner(SQLModel, table=True):
     created_at: dt.datetime = _time()
 
 
+class ManifestCopy(SQLModel, table=True):
+    """A version's manifest on a tier other than the hot one (a partner node), as the
+    audits last found it; a row of the audit and repair queues like a :class:`Replica`.
+
+    The hot tier's copy keeps its state on the :class:`Version` row. The claimed
+    ``next_audit_at`` is the lease token, as for those (``fixity.manifest_copies``).
+    """
+
+    __table_args__ = (
+        sa.UniqueConstraint("version_id", "tier_id"),
+        sa.Index("ix_manifestcopy_state_next_audit", "state", "next_audit_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="version.id", index=True)
+    tier_id: int = Field(foreign_key="tier.id", index=True)
+    key: str = Field(max_length=1024)
+    state: str = Field(default=ReplicaState.PRESENT, max_length=20)
+    last_verified_at: dt.datetime | None = _time(nullable=True)
+    next_audit_at: dt.datetime | None = _time(nullable=True)
+    failures: int = 0
+    created_at: dt.datetime = _time()
+    updated_at: dt.datetime = _time()
+
+
 class HeldObject(SQLModel, table=True):
     """An object we hold for a partner: a blob (named by the BLAKE3 of its bytes) or a
-    manifest (named by dataset and version file); inventory and quota are counted here."""
+    manifest (named by dataset and version file); inventory and quota are counted here.
+
+    Our own audits read it on the holding tier's schedule (``fixity.held``): its BLAKE3
+    must still be ``b3``, so bit rot here is found here, not only by the partner's proofs.
+    """
+
+    __table_args__ = (sa.Index("ix_heldobject_state_next_audit", "state", "next_audit_at"),)
 
     partner_id: int = Field(foreign_key="partner.id", primary_key=True)
     kind: str = Field(max_length=10, primary_key=True)
@@ -373,6 +404,15 @@ class HeldObject(SQLModel, table=True):
     size: int = Field(sa_type=sa.BigInteger)
     b3: str = Field(max_length=64)
     created_at: dt.datetime = _time()
+    state: str = Field(
+        default=ReplicaState.PRESENT,
+        max_length=20,
+        sa_column_kwargs={"server_default": ReplicaState.PRESENT.value},
+    )
+    """``present``, or ``damaged``/``missing`` as our audit found it (until the partner
+    sends the bytes again, or deletes them)."""
+    last_verified_at: dt.datetime | None = _time(nullable=True)
+    next_audit_at: dt.datetime | None = _time(nullable=True)
 
 
 class SeenNonce(SQLModel, table=True):

@@ -37,7 +37,14 @@ def serve(app: FastAPI) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", ws="none", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        ws="none",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # as ``permafrost serve``: trusted_proxies decides (web.proxies)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
