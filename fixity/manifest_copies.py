@@ -1,18 +1,21 @@
-"""Version manifests on partner tiers: audited by reading them back, repaired by
-sending them again (issue 5; DESIGN sections 3 and 7).
+"""Version manifests on tiers other than the hot one (cold tiers, partner buckets,
+partner nodes): audited, and repaired by sending them again (issues 4 and 5; DESIGN
+sections 3 and 7).
 
-The federation worker loop sends each version's manifest to the partner tiers its
-collection targets and records the copy as a :class:`~archive.catalog.models.ManifestCopy`
-row, so a partner's copy is queued, audited, marked and repaired like any other copy.
-The hot tier's own copy keeps its state on the version row (:mod:`fixity.manifests`).
+The ``manifests`` worker loop (:mod:`archive.manifest_replication`) sends each
+version's manifest to the tiers its collection targets and records the copy as a
+:class:`~archive.catalog.models.ManifestCopy` row, so the copy is queued, audited,
+marked and repaired like any other. The hot tier's own copy keeps its state on the
+version row (:mod:`fixity.manifests`).
 
 How a copy is audited follows the manifest audit on the hot tier: its bytes are read
 and their BLAKE3 must be the one recorded at ingest (a sealed copy is opened first,
 its GCM tag checked, and the plaintext hashed). Not a proof of possession, as for
 blobs: a manifest is kilobytes to a few MiB, so reading it back costs about what a
 proof request does, and it needs no copy at home to compute the expected answer.
-Nothing here is particular to partner nodes: rows on another tier kind would be
-audited the same way (today only the federation loop sends manifests anywhere).
+The same on every tier kind, except tiers that need a restore before a read (cold):
+there a copy gets the light audit, an existence check, as cold blobs get between
+their budgeted samples.
 
 A failed read is repeated once before it counts; a tier that does not answer is
 unreachable, which changes no state. A damaged or missing copy is repaired by
@@ -37,12 +40,13 @@ from archive.catalog import models
 from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
-from fixity.checks import CheckResult, Finding, Target, event_detail
+from fixity.checks import CheckResult, Finding, Level, Target, check, event_detail
 from fixity.manifests import manifest_pieces, version_object_id
-from fixity.readback import read_back, read_back_twice
+from fixity.ratelimit import UNLIMITED, ByteRate
+from fixity.readback import read_back_twice
 from fixity.report import AuditReport, RepairOutcome
 from fixity.schedule import next_after_audit, spread
-from tiers import TierError
+from tiers import Tier, TierError
 
 if TYPE_CHECKING:
     from fixity.audit import AuditOptions, Auditor
@@ -166,8 +170,18 @@ def audit_manifest_copies(
             with node.session() as session:
                 object_id = _object_id(claim.version_id, session=session)
             target = Target("manifest", object_id, claim.key, None, claim.manifest_b3)
-            result = read_back_twice(node.tiers[name], target, auditor.rate(name))
+            result = _prove(node.tiers[name], target, auditor.rate(name))
             _record(auditor, name, claim, target, result, report)
+
+
+def _prove(tier: Tier, target: Target, rate: ByteRate = UNLIMITED) -> CheckResult:
+    """Read the copy back; on a tier that needs a restore before a read, the light check
+    (the object exists) instead: a restore per manifest would spend the restore budget
+    that samples blobs, and the hot copy and the partners' are read back."""
+    if tier.capabilities.needs_restore:
+        first = check(tier, target, Level.LIGHT)
+        return check(tier, target, Level.LIGHT) if first.is_damage else first
+    return read_back_twice(tier, target, rate)
 
 
 def _object_id(version_id: int, *, session: Session) -> str:
@@ -333,7 +347,7 @@ def _repair_copy(
                 True,
                 {"key": key, "purpose": "repair", "b3": version.manifest_b3},
             )
-            result = read_back(tier, target)
+            result = _prove(tier, target)
             repairer.event(
                 EventType.FIXITY_CHECK,
                 "manifest",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,37 @@ def test_rebuild_refuses_an_unknown_tier_and_a_full_catalog(tmp_path: Path) -> N
             assert session.scalar(sa.select(sa.func.count()).select_from(models.Event)) > 0
     finally:
         node.close()
+
+
+def test_the_cold_tier_alone_rebuilds_the_catalog(tmp_path: Path) -> None:
+    """Manifests go to every tier a collection targets, so losing the hot tier and the
+    catalog together loses nothing: the cold tier alone gives every version back."""
+    settings = settings_for(tmp_path / "data")
+    node = ArchiveNode.open(settings)
+    try:
+        populate(node, tmp_path)
+        before = snapshot(node)
+        with node.reading() as session:
+            copies = session.exec(select(models.ManifestCopy)).all()
+    finally:
+        node.close()
+    cold = tmp_path / "data" / "cold"
+    sent = sorted(p.relative_to(cold).as_posix() for p in (cold / "manifests").rglob("*.json"))
+    assert sent == sorted(v[3] for v in before["versions"])
+    assert sorted(c.key for c in copies) == sent
+    shutil.rmtree(tmp_path / "data" / "hot")
+    lose_catalog(settings)
+
+    node = ArchiveNode.open(settings)
+    try:
+        report = rebuild_catalog(node, "cold")
+        after = snapshot(node)
+    finally:
+        node.close()
+    assert (report.collections, report.datasets, report.versions) == (2, 3, 6)
+    assert report.chain_breaks == [] and report.unreadable == []
+    for table in ("datasets", "versions", "entries", "blobs"):
+        assert after[table] == before[table], table
+    assert after["copies"] == [c for c in before["copies"] if c[0] == "cold"]
+    cold_packs = {c[4] for c in after["copies"] if c[4] is not None}
+    assert cold_packs and after["members"] == [m for m in before["members"] if m[0] in cold_packs]

@@ -112,7 +112,7 @@ def test_a_damaged_source_never_becomes_a_copy(local_db_node: ArchiveNode, tmp_p
     path.write_bytes(bytes(damaged))
 
     Worker(node).run_once()
-    assert list(node.tiers["cold"].list("")) == []
+    assert list(node.tiers["cold"].list("blobs/")) == []  # the manifest went; the blob did not
     with node.session() as session:
         replica = session.exec(
             select(models.Replica).where(models.Replica.blob_b3 == b3, models.Replica.tier_id == 2)
@@ -199,7 +199,7 @@ def test_a_tier_that_goes_down_is_retried_and_completes(
                 threading.Event().wait(0.1)
             assert states(node) == {("hot", "present"): 3, ("cold", "present"): 7}
             client = server.client()
-            listed = client.list_objects_v2(Bucket=bucket)["Contents"]
+            listed = client.list_objects_v2(Bucket=bucket, Prefix="blobs/")["Contents"]
             client.close()
             assert len(listed) == 7
     finally:
@@ -332,7 +332,9 @@ def test_four_workers_on_postgres_copy_each_blob_once(
         with node.session() as session:
             events = session.exec(
                 select(models.Event.object_id).where(
-                    models.Event.type == "replication", models.Event.outcome == "success"
+                    models.Event.type == "replication",
+                    models.Event.object_type == "blob",
+                    models.Event.outcome == "success",
                 )
             ).all()
             replicas = session.exec(select(models.Replica).where(models.Replica.tier_id == 2)).all()

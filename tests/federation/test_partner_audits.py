@@ -26,7 +26,7 @@ from tests.federation.test_two_nodes import FILES, audit, blobs, replicated_pair
 
 
 def send_manifests(pair: Pair) -> None:
-    assert Worker(pair.engine, owner="w", loops=["federation"]).run_once() == {"federation": 1}
+    assert Worker(pair.engine, owner="w", loops=["manifests"]).run_once() == {"manifests": 1}
 
 
 def manifest_copy(pair: Pair) -> models.ManifestCopy:
@@ -234,7 +234,7 @@ def test_home_finds_the_same_rot_by_proof_and_its_repair_heals_the_partner(
 def test_the_manifest_copies_sent_before_0006_are_known_from_their_events(
     make_pair: PairFactory, tmp_path: Path
 ) -> None:
-    """Upgrading keeps what the federation loop remembered by replication events."""
+    """Upgrading keeps what the manifest loop remembered by replication events."""
     pair = replicated_pair(make_pair(), tmp_path / "src")
     send_manifests(pair)
     url = pair.engine.settings.catalog_url
@@ -244,4 +244,4 @@ def test_the_manifest_copies_sent_before_0006_are_known_from_their_events(
     upgrade(url, "head")
     row = manifest_copy(pair)
     assert (row.key, row.state) == (version(pair).manifest_key, ReplicaState.PRESENT)
-    assert Worker(pair.engine, owner="w", loops=["federation"]).run_once() == {"federation": 0}
+    assert Worker(pair.engine, owner="w", loops=["manifests"]).run_once() == {"manifests": 0}

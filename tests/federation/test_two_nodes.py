@@ -297,9 +297,9 @@ def test_manifests_and_inventory_through_the_tier(
 
 def test_the_worker_sends_manifests_to_the_partner(replicated: Pair) -> None:
     pair = replicated
-    worker = Worker(pair.engine, owner="w", loops=["federation"])
-    assert worker.run_once() == {"federation": 1}
-    assert worker.run_once() == {"federation": 0}  # sent once, remembered by its event
+    worker = Worker(pair.engine, owner="w", loops=["manifests"])
+    assert worker.run_once() == {"manifests": 1}
+    assert worker.run_once() == {"manifests": 0}  # sent once, remembered by its event
     with pair.engine.session() as session:
         version = session.exec(select(models.Version)).one()
     with pair.engine.hot.open(version.manifest_key) as f:

@@ -27,6 +27,7 @@ from archive.packs import blob_key
 from archive.worker import Worker
 from fixity.audit import AuditOptions, Auditor
 from fixity.ratelimit import ByteRate
+from fixity.repair import Repairer
 from fixity.report import daily_summary, record_daily_summary
 from fixity.schedule import claim_due, spread
 from fixity.status import audit_status
@@ -500,5 +501,48 @@ def test_a_folder_tier_that_vanished_is_unreachable_not_missing(tmp_path: Path) 
         with node.session() as session:
             states = {r.state for r in session.exec(select(models.Replica)).all()}
         assert states == {ReplicaState.PRESENT}
+    finally:
+        node.close()
+
+
+def test_a_manifest_lost_from_a_cold_tier_is_found_and_sent_again(tmp_path: Path) -> None:
+    """Manifests go to cold tiers too (a cold tier alone can rebuild the catalog); there
+    a copy gets the light audit, with no restore, and a lost one is sent again."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        tiers={
+            "hot": LocalTierConfig(path=tmp_path / "hot", role="hot"),
+            "cold": LocalColdTierConfig(path=tmp_path / "cold"),
+        },
+        retry_base_seconds=0.01,
+    )
+    node = ArchiveNode.open(settings)
+    try:
+        _tree(tmp_path / "src")
+        ingest_tree(node, tmp_path / "src", parse_ref("lab/cold"))
+        assert Worker(node, loops=["manifests"]).run_once() == {"manifests": 1}
+        assert Worker(node, loops=["manifests"]).run_once() == {"manifests": 0}
+        with node.session() as session:
+            version = session.exec(select(models.Version)).one()
+        cold = Raw(node, "cold", None)
+        sent = cold.read(version.manifest_key)
+        assert sent is not None and blake3.blake3(sent).hexdigest() == version.manifest_b3
+
+        options = AuditOptions(tiers=["cold"], due_only=False, samples=False)
+        first = Auditor(node, owner="t").audit_pass(options)
+        assert first.clean and first.tiers["cold"].bytes_read == 0  # no restore asked
+        cold.delete(version.manifest_key)
+        found = Auditor(node, owner="t").audit_pass(options)
+        assert found.damage_found == 1
+        with node.session() as session:
+            copy = session.exec(select(models.ManifestCopy)).one()
+        assert copy.state == ReplicaState.MISSING
+
+        outcomes = Repairer(node, owner="t").repair_pass()
+        assert [(o.object_type, o.result) for o in outcomes] == [("manifest", "repaired")]
+        assert cold.read(version.manifest_key) == sent
+        assert Auditor(node, owner="t").audit_pass(options).clean
+        with node.session() as session:
+            assert session.exec(select(models.ManifestCopy)).one().state == ReplicaState.PRESENT
     finally:
         node.close()
