@@ -7,8 +7,14 @@
    is not read at all, as rsync and restic decide.
 3. **Ask** the server which contents it lacks (``POST /blobs/missing``, 10,000 at a
    time): it stays the authority, so a blob that lost its copies there is sent again.
-4. **Upload** each missing content once, several at a time, streamed from disk with
-   its expected digests (the server proves both), retried on connection errors and 5xx.
+4. **Upload** each missing content once, several at a time, with its expected
+   digests (the server proves both), retried on connection errors, 5xx and 429/503.
+   Contents under the server's ``pack_below`` (``GET /blobs/batch``) go many to a
+   request (``POST /blobs/batch``, at most :data:`BATCH_BYTES` and
+   :data:`BATCH_FILES` each, within the server's own limits), which the server
+   stores as one pack: a request, an object and a catalog record per small file
+   cost more than its bytes. Larger ones are streamed from disk one per ``PUT``.
+   Batches and single uploads share the ``jobs`` connections.
 5. **Commit** every entry. An identical commit creates nothing, so a rerun is harmless.
 
 The resume journal is an SQLite file in the user's cache folder
@@ -33,9 +39,11 @@ from typing import Any, Protocol, TypeVar
 import blake3
 import platformdirs
 
+from archive.batch_format import INDEX_BYTES_PER_BLOB, TAR_END, member_span
 from archive.client import (
     MAX_COMMIT_ENTRIES,
     ArchiveClient,
+    BatchFile,
     DigestRefused,
     FileChangedWhileSending,
 )
@@ -45,6 +53,11 @@ from archive.scan import SourceFile, scan_tree
 
 CHUNK = 1024 * 1024
 JOURNAL_COMMIT_SECONDS = 2.0
+BATCH_BYTES = 8 * 1024 * 1024
+"""A batch's body is at most this long: large enough that a request's fixed cost is
+small beside its bytes, small enough that batches spread over the upload jobs."""
+BATCH_FILES = 512
+"""Files in one batch, at most (the server may allow fewer)."""
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -214,8 +227,13 @@ def network_ingest(
     message: str = "",
     title: str | None = None,
     progress: TransferProgress | None = None,
+    batch_bytes: int = BATCH_BYTES,
+    batch_files: int = BATCH_FILES,
 ) -> NetIngestReport:
     """Send the folder ``root`` to the server as the next version of ``ref``.
+
+    ``batch_bytes`` and ``batch_files`` bound each batch of small files (0: no batches,
+    every file is its own ``PUT``).
 
     Raises:
         InvalidTree: the folder holds what may not be archived (nothing sent).
@@ -246,7 +264,17 @@ def network_ingest(
     report.skipped = len(scan.files) - len(sending)
     mark = report.lap("ask", mark)
     if not dry_run:
-        _upload_all(client, sending, digests, journal, report, jobs, progress)
+        limits = client.batch_limits() if batch_bytes > 0 and batch_files > 0 else None
+        batches: list[list[SourceFile]] = []
+        if limits is not None:
+            small = [f for f in sending if f.size < limits.member_below]
+            sending = [f for f in sending if f.size >= limits.member_below]
+            batches = _batches(
+                small,
+                max_bytes=min(batch_bytes, limits.max_bytes),
+                max_files=min(batch_files, limits.max_members),
+            )
+        _upload_all(client, sending, batches, digests, journal, report, jobs, progress)
         mark = report.lap("upload", mark)
         version, report.created = client.commit(
             ref.collection,
@@ -301,32 +329,67 @@ def _hash_all(
     return digests
 
 
+def _batches(files: list[SourceFile], *, max_bytes: int, max_files: int) -> list[list[SourceFile]]:
+    """``files`` in batches whose bodies are at most ``max_bytes`` long (one file even if
+    alone it is longer: the server's member limit is far below its body limit)."""
+    batches: list[list[SourceFile]] = []
+    batch: list[SourceFile] = []
+    length = len(TAR_END)
+    for f in files:
+        span = member_span(f.size) + INDEX_BYTES_PER_BLOB
+        if batch and (length + span > max_bytes or len(batch) >= max_files):
+            batches.append(batch)
+            batch, length = [], len(TAR_END)
+        batch.append(f)
+        length += span
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 def _upload_all(
     client: ArchiveClient,
     sending: list[SourceFile],
+    batches: list[list[SourceFile]],
     digests: dict[str, Digests],
     journal: Journal,
     report: NetIngestReport,
     jobs: int,
     progress: TransferProgress | None,
 ) -> None:
+    """Large files first (one ``PUT`` each), then the batches, on ``jobs`` connections;
+    every file of an accepted batch is marked uploaded in the journal."""
     if progress is not None:
-        progress.phase("upload", len(sending), report.missing_bytes)
+        progress.phase("upload", report.missing_files, report.missing_bytes)
 
-    def send(f: SourceFile) -> bool:
-        d = digests[f.path]
-        return client.put_blob(d.b3, d.sha256, Path(f.abspath), f.size, f.path)
+    def send(job: SourceFile | list[SourceFile]) -> None:
+        if isinstance(job, list):
+            client.put_batch(
+                [
+                    BatchFile(
+                        digests[f.path].b3, digests[f.path].sha256, Path(f.abspath), f.size, f.path
+                    )
+                    for f in job
+                ]
+            )
+        else:
+            d = digests[job.path]
+            client.put_blob(d.b3, d.sha256, Path(job.abspath), job.size, job.path)
 
+    work: list[SourceFile | list[SourceFile]] = [*sending, *batches]
+    everything = [f for job in work for f in (job if isinstance(job, list) else [job])]
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="upload") as pool:
         try:
-            for f, _ in _windowed(pool, send, sending, max(1, jobs) * 2):
-                journal.uploaded(digests[f.path].b3)
-                report.uploaded_files += 1
-                report.uploaded_bytes += f.size
+            for job, _ in _windowed(pool, send, work, max(1, jobs) * 2):
+                done = job if isinstance(job, list) else [job]
+                for f in done:
+                    journal.uploaded(digests[f.path].b3)
+                report.uploaded_files += len(done)
+                report.uploaded_bytes += sum(f.size for f in done)
                 if progress is not None:
-                    progress.advanced("upload", 1, f.size)
+                    progress.advanced("upload", len(done), sum(f.size for f in done))
         except (DigestRefused, FileChangedWhileSending) as exc:
-            path = getattr(exc, "path", None) or _path_of(exc, sending, digests)
+            path = getattr(exc, "path", None) or _path_of(exc, everything, digests)
             if path:
                 journal.forget(path)
             raise UnsupportedFile(
@@ -341,8 +404,13 @@ def _path_of(
     sending: list[SourceFile],
     digests: dict[str, Digests],
 ) -> str | None:
-    """The file whose upload the server refused, from the digest its answer names."""
-    expected = exc.data.get("expected") if isinstance(exc, DigestRefused) else None
+    """The file whose upload the server refused, from the blob or digest its answer names."""
+    if not isinstance(exc, DigestRefused):
+        return None
+    blob, expected = exc.data.get("blob"), exc.data.get("expected")
+    for f in sending:
+        if blob == digests[f.path].b3:
+            return f.path
     for f in sending:
         if expected in (digests[f.path].b3, digests[f.path].sha256):
             return f.path
