@@ -165,8 +165,8 @@ def parse_index(raw: bytes, *, member_below: int, max_members: int) -> list[Batc
         if not isinstance(b3, str):
             raise InvalidInput("a batch index entry has no blake3")
         check_b3(b3)
-        if not isinstance(sha256, str) or len(sha256) != 64 or not HEX.issuperset(sha256):
-            raise BatchMemberRefused(b3, "sha256 is not a lowercase SHA-256 hex digest")
+        if not isinstance(sha256, str) or len(sha256) != 64 or not HEX.issuperset(sha256.lower()):
+            raise BatchMemberRefused(b3, "sha256 is not a SHA-256 hex digest")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BatchMemberRefused(b3, "size is not a byte count")
         if size >= member_below:
@@ -178,7 +178,7 @@ def parse_index(raw: bytes, *, member_below: int, max_members: int) -> list[Batc
         if b3 in seen:
             raise BatchMemberRefused(b3, "listed twice")
         seen.add(b3)
-        claims.append(BatchClaim(b3, sha256, size))
+        claims.append(BatchClaim(b3, sha256.lower(), size))
     return claims
 
 

@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     """The same, per client address, for requests without valid credentials (0: unlimited)."""
     anonymous_rate_burst: int = Field(default=200, ge=1)
     max_concurrent_uploads: int = Field(default=64, ge=1)
-    """Uploads (blob PUTs, resumable appends, bags) one server process takes at once,
+    """Uploads (blob PUTs, batches, resumable appends, bags) one server process takes at once,
     waiting ones included; more are refused with 503 and ``Retry-After``."""
     upload_threads: int = Field(default=16, ge=1, le=256)
     """Of those, how many are hashed and written at once (the others wait their turn)."""

@@ -17,7 +17,7 @@ cannot read is reported missing, so it must send the bytes (which proves it has
 them) before it can name them in a version.
 
 Back-pressure: one process takes at most ``max_concurrent_uploads`` uploads at
-once (this route, resumable appends, bags), counting those that wait for one of the
+once (these routes, resumable appends, bags), counting those that wait for one of the
 ``upload_threads``; one more is refused with 503 and ``Retry-After`` before its
 body is read, rather than queued without bound.
 """
