@@ -73,14 +73,26 @@ def sample_blobs() -> list[Content]:
     return blobs
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3", marks=pytest.mark.s3),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def batch_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """An archive whose hot tier is a local folder or an S3 bucket on SeaweedFS."""
+    """An archive whose hot tier is a local folder or an S3 bucket on SeaweedFS; its
+    catalog SQLite, or PostgreSQL (with the local tier)."""
     tiers: dict[str, Any] = {}
+    database_url = None
     if request.param == "s3":
         server = request.getfixturevalue("s3_server")
         tiers = {"hot": {"kind": "s3", "role": "hot", **server.tier_settings(server.make_bucket())}}
-    return Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN, tiers=tiers)
+    if request.param == "postgres":
+        database_url = request.getfixturevalue("postgres_schema_url")
+    return Settings(
+        data_dir=tmp_path / "data", api_token=ADMIN_TOKEN, tiers=tiers, database_url=database_url
+    )
 
 
 @pytest.fixture
