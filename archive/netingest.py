@@ -264,7 +264,8 @@ def network_ingest(
     report.skipped = len(scan.files) - len(sending)
     mark = report.lap("ask", mark)
     if not dry_run:
-        limits = client.batch_limits() if batch_bytes > 0 and batch_files > 0 else None
+        batching = sending and batch_bytes > 0 and batch_files > 0
+        limits = client.batch_limits() if batching else None
         batches: list[list[SourceFile]] = []
         if limits is not None:
             small = [f for f in sending if f.size < limits.member_below]
