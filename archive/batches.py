@@ -40,7 +40,7 @@ import blake3
 from sqlmodel import col, select
 
 from archive.access import Principal, grant_upload, needs_grant
-from archive.batch_format import BATCH_FORMAT, INDEX_NAME, BatchClaim
+from archive.batch_format import BATCH_FORMAT, BLOCK, INDEX_NAME, BatchClaim
 from archive.blobstore import present_blobs, record_pack
 from archive.catalog import models
 from archive.encoding import BlobDigest, Encoder
@@ -218,7 +218,10 @@ def store_batch(node: ArchiveNode, chunks: Iterable[bytes], *, principal: Princi
     settings = node.settings
     member_below = settings.pack_below
     index_limit = settings.max_json_body_bytes
-    reader = _BodyReader(iter(chunks), max(member_below, index_limit) + HEADER_ALLOWANCE)
+    # Between two members tarfile reads one member's header, bytes and padding, headers
+    # of the next, and up to one READ_SIZE ahead.
+    window = max(member_below, index_limit) + HEADER_ALLOWANCE + READ_SIZE + 2 * BLOCK
+    reader = _BodyReader(iter(chunks), window)
     try:
         tar = tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE)  # noqa: SIM115
     except tarfile.TarError as exc:
