@@ -16,7 +16,8 @@ from archive.client import ArchiveClient, RetryPolicy, ServerUnreachable, Unauth
 from archive.config import Settings
 from archive.datasets import parse_ref
 from archive.errors import UnsupportedFile
-from archive.netingest import Journal, NetIngestReport, journal_path, network_ingest
+from archive.journal import Journal, journal_path
+from archive.netingest import NetIngestReport, network_ingest
 from tests.archive.conftest import Cli
 from tests.support.server import serve
 from web.app import create_app
