@@ -166,3 +166,36 @@ def test_a_file_that_changes_size_before_its_batch_is_sent_is_refused(
     report = run(url, root, tmp_path / "journal")
     assert report.hashed == 1 and report.version == 1
     assert fetch(url, "f3.txt") == b"file 3, now longer\n"
+
+
+class WithoutBatches:
+    """The real API as a server from before batches answers: no ``/blobs/batch`` route."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/blobs/batch"):
+            await send({"type": "http.response.start", "status": 405, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"detail":"Method Not Allowed"}'})
+            return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("server", ["does-not-pack", "from-before-batches"])
+def test_a_server_without_batches_gets_one_put_per_file(
+    server: str, tmp_path: Path, stack: ExitStack
+) -> None:
+    pack_below = 0 if server == "does-not-pack" else 1024 * 1024
+    settings = Settings(data_dir=tmp_path / "server", api_token=TOKEN, pack_below=pack_below)
+    app = create_app(settings)
+    counter = CountUploads(app if server == "does-not-pack" else WithoutBatches(app))
+    url = stack.enter_context(serve(counter))  # type: ignore[arg-type]
+    root = tmp_path / "tree"
+    tree = small_tree(root, files=12)
+    report = run(url, root, tmp_path / "journal", jobs=2)
+    assert report.version == 1 and report.uploaded_files == len(tree)
+    assert (counter.puts, counter.batches) == (len(tree), 0)
+    assert packs(app.state.node) == []
+    for rel, data in tree.items():
+        assert fetch(url, rel) == data
