@@ -304,7 +304,9 @@ def store_batch(node: ArchiveNode, chunks: Iterable[bytes], *, principal: Princi
 
 
 def _drain_padding(reader: _BodyReader) -> None:
-    """What follows the end-of-archive blocks may only be zeros (tar pads to a record)."""
+    """Read the body to its end; what follows the end-of-archive blocks may only be zeros
+    (tar pads to a record). Bytes tarfile already read ahead are not seen here: a stray
+    header there reads to tarfile as the end, and every listed member is proven anyway."""
     reader.new_window()
     while chunk := reader.read(READ_SIZE):
         if chunk.count(0) != len(chunk):
