@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import tarfile
+import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,40 @@ def test_a_batch_takes_an_upload_slot(
         assert _finish(raw, data) == 201
         assert http.post(BATCH, content=body, headers=TAR).status_code == 201
     assert app.state.uploads_in_progress == 0
+
+
+def test_a_large_batch_is_streamed_in_bounded_memory(
+    tmp_path: Path, live_server: Callable[[FastAPI], str]
+) -> None:
+    """48 MiB of members over a real socket: neither side holds the body whole."""
+    settings = Settings(data_dir=tmp_path / "data", api_token=ADMIN_TOKEN)
+    app = create_app(settings)
+    base = live_server(app)
+    seeds = [os.urandom(32) for _ in range(64)]
+
+    def member(seed: bytes) -> bytes:  # 768 KiB, made again when needed, never all kept
+        return blake3.blake3(seed).digest(length=768 * KiB)
+
+    claims = [
+        BatchClaim(
+            blake3.blake3(member(s)).hexdigest(), hashlib.sha256(member(s)).hexdigest(), 768 * KiB
+        )
+        for s in seeds
+    ]
+
+    def body() -> Iterator[bytes]:
+        yield index_member(claims)
+        for c, s in zip(claims, seeds, strict=True):
+            yield member_header(c.b3, c.size) + member(s)
+        yield TAR_END
+
+    tracemalloc.start()
+    try:
+        with httpx.Client(base_url=base, headers=AUTH, timeout=120) as http:
+            answer = http.post(BATCH, content=body(), headers=TAR)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert answer.status_code == 201, answer.text
+    assert len(answer.json()["created"]) == 64
+    assert peak < 16 * MiB, f"peak {peak / MiB:.1f} MiB for a 48 MiB batch"
