@@ -113,7 +113,8 @@ def network_ingest_command(
 ) -> None:
     """``permafrost ingest PATH --server URL``: see :mod:`archive.netingest`."""
     from archive.client import ArchiveClient  # httpx: only for commands that talk to a server
-    from archive.netingest import Journal, journal_path, network_ingest
+    from archive.journal import Journal, journal_path
+    from archive.netingest import network_ingest
 
     with (
         ArchiveClient(server, token, connections=max(4, jobs * 2)) as client,

@@ -1,10 +1,11 @@
 """A client of the Permafrost HTTP API, for the bulk CLI: ask, upload, commit, and retry.
 
 It speaks the upload flow of ``web/api`` (``POST /api/v1/blobs/missing``,
-``PUT /api/v1/blobs/{b3}`` with ``X-Permafrost-Sha256``, ``POST
-/api/v1/datasets/{c}/{d}/versions``) over one pooled ``httpx.Client``, which is
-safe to share between upload threads. Bodies are streamed from disk by a
-generator, so memory stays flat whatever the file size.
+``PUT /api/v1/blobs/{b3}`` with ``X-Permafrost-Sha256``, ``POST /api/v1/blobs/batch``
+for many small blobs in one tar stream, ``POST /api/v1/datasets/{c}/{d}/versions``)
+over one pooled ``httpx.Client``, which is safe to share between upload threads.
+Bodies are streamed from disk by a generator, so memory stays flat whatever the
+file size (a batch holds one small file in memory at a time).
 
 Retrying lives here, around every call, not in the callers (as restic wraps its
 backends): connection errors, timeouts and 5xx answers are retried with
@@ -15,6 +16,7 @@ would be refused the same way). Errors are translated at this boundary::
     ServerRefused(InvalidInput)      exit 2: a 4xx, with the server's own error and detail
     ├── Unauthorized                 401/403: the token is missing or wrong
     └── DigestRefused                422 on an upload: the bytes sent are not the ones hashed
+                                     (``data["blob"]`` names the member of a refused batch)
     FileChangedWhileSending(UnsupportedFile)  the file's length changed mid-upload
 """
 
@@ -33,6 +35,14 @@ from urllib.parse import quote
 
 import httpx
 
+from archive.batch_format import (
+    TAR_END,
+    BatchClaim,
+    batch_length,
+    index_member,
+    member_header,
+    padding,
+)
 from archive.errors import InvalidInput, Unavailable, UnsupportedFile
 
 MISSING_BATCH = 10_000
@@ -103,6 +113,46 @@ def _file_body(path: Path, size: int, label: str) -> Iterator[bytes]:
             yield chunk
     if sent != size:
         raise FileChangedWhileSending(label, "shrank while being uploaded")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one batch may carry on the server (``GET /blobs/batch``)."""
+
+    member_below: int
+    max_members: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """One small file to send in a batch, with the digests it was hashed to."""
+
+    b3: str
+    sha256: str
+    path: Path
+    size: int
+    label: str
+
+
+def _batch_body(files: Sequence[BatchFile]) -> Iterator[bytes]:
+    """A batch (:mod:`archive.batch_format`) read from disk, in pieces of about 1 MiB;
+    a file whose length is not the one hashed is refused before it is sent."""
+    piece = bytearray(index_member([BatchClaim(f.b3, f.sha256, f.size) for f in files]))
+    for f in files:
+        with open(f.path, "rb") as fh:
+            data = fh.read(f.size + 1)
+        if len(data) != f.size:
+            change = "grew" if len(data) > f.size else "shrank"
+            raise FileChangedWhileSending(f.label, f"{change} while being uploaded")
+        piece += member_header(f.b3, f.size)
+        piece += data
+        piece += padding(f.size)
+        if len(piece) >= CHUNK:
+            yield bytes(piece)
+            piece = bytearray()
+    piece += TAR_END
+    yield bytes(piece)
 
 
 class ArchiveClient:
@@ -233,6 +283,39 @@ class ArchiveClient:
         )
         return response.status_code == 201
 
+    def batch_limits(self) -> BatchLimits | None:
+        """What a batch may carry on this server; None if it takes no batches (a server
+        from before ``POST /blobs/batch``, or one that does not pack)."""
+        try:
+            answer = self._request("GET", "/blobs/batch")
+        except ServerRefused as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        data = answer.json()
+        limits = BatchLimits(
+            int(data["member_below"]), int(data["max_members"]), int(data["max_bytes"])
+        )
+        return limits if limits.member_below > 0 else None
+
+    def put_batch(self, files: Sequence[BatchFile]) -> list[str]:
+        """Send small files as one batch (stored as one pack); the BLAKE3s stored anew.
+
+        Raises:
+            DigestRefused: a file's bytes do not hash to what it was hashed to
+                (``data["blob"]`` says which); nothing of the batch was stored.
+            FileChangedWhileSending: a file's length changed.
+        """
+        length = batch_length([BatchClaim(f.b3, f.sha256, f.size) for f in files])
+        response = self._request(
+            "POST",
+            "/blobs/batch",
+            body=lambda: _batch_body(files),
+            headers={"Content-Length": str(length), "Content-Type": "application/x-tar"},
+        )
+        created: list[str] = response.json()["created"]
+        return created
+
     def commit(
         self,
         collection: str,
@@ -290,6 +373,6 @@ def _refused(response: httpx.Response, *, upload: bool) -> ServerRefused:
     status = response.status_code
     if status in (401, 403):
         return Unauthorized(status, error, detail, data)
-    if upload and status == 422 and error == "UploadDigestMismatch":
+    if upload and status == 422 and error in ("UploadDigestMismatch", "BatchDigestMismatch"):
         return DigestRefused(status, error, detail, data)
     return ServerRefused(status, error, detail, data)

@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     max_commit_body_bytes: int = Field(default=64 * MiB, ge=1024)
     """Largest JSON version commit (``POST .../versions``, at most 100,000 entries);
     larger versions go through the NDJSON route, which streams."""
+    max_batch_bytes: int = Field(default=64 * MiB, ge=1024)
+    """Largest body of a batch upload (``POST /blobs/batch``: many blobs under
+    ``pack_below`` in one tar stream, stored as one pack); larger is refused with 413."""
+    batch_max_members: int = Field(default=1000, ge=1, le=10_000)
+    """Blobs one batch upload may carry; a longer index is refused with 422."""
     body_idle_seconds: float = Field(default=60.0, gt=0)
     """A request body that stalls this long (a client that sends less than its
     ``Content-Length`` and waits) is cut off with 408."""
@@ -222,7 +227,7 @@ class Settings(BaseSettings):
     """The same, per client address, for requests without valid credentials (0: unlimited)."""
     anonymous_rate_burst: int = Field(default=200, ge=1)
     max_concurrent_uploads: int = Field(default=64, ge=1)
-    """Uploads (blob PUTs, resumable appends, bags) one server process takes at once,
+    """Uploads (blob PUTs, batches, resumable appends, bags) one server process takes at once,
     waiting ones included; more are refused with 503 and ``Retry-After``."""
     upload_threads: int = Field(default=16, ge=1, le=256)
     """Of those, how many are hashed and written at once (the others wait their turn)."""

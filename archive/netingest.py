@@ -7,22 +7,24 @@
    is not read at all, as rsync and restic decide.
 3. **Ask** the server which contents it lacks (``POST /blobs/missing``, 10,000 at a
    time): it stays the authority, so a blob that lost its copies there is sent again.
-4. **Upload** each missing content once, several at a time, streamed from disk with
-   its expected digests (the server proves both), retried on connection errors and 5xx.
+4. **Upload** each missing content once, several at a time, with its expected
+   digests (the server proves both), retried on connection errors, 5xx and 429/503.
+   Contents under the server's ``pack_below`` (``GET /blobs/batch``) go many to a
+   request (``POST /blobs/batch``, at most :data:`BATCH_BYTES` and
+   :data:`BATCH_FILES` each, within the server's own limits), which the server
+   stores as one pack: a request, an object and a catalog record per small file
+   cost more than its bytes. Larger ones are streamed from disk one per ``PUT``.
+   Batches and single uploads share the ``jobs`` connections.
 5. **Commit** every entry. An identical commit creates nothing, so a rerun is harmless.
 
-The resume journal is an SQLite file in the user's cache folder
-(``platformdirs.user_cache_dir("permafrost")/journal``), one per server URL and
-absolute folder. It holds, per file, size, mtime, inode, BLAKE3, SHA-256 and when
-its content was uploaded, and is committed as work progresses, so a run stopped by a
-network failure or a sleeping laptop continues where it stopped.
+The resume journal (:mod:`archive.journal`) is committed as work progresses, so a run
+stopped by a network failure or a sleeping laptop continues where it stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,20 +33,26 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import blake3
-import platformdirs
 
+from archive.batch_format import INDEX_BYTES_PER_BLOB, TAR_END, member_span
 from archive.client import (
     MAX_COMMIT_ENTRIES,
     ArchiveClient,
+    BatchFile,
     DigestRefused,
     FileChangedWhileSending,
 )
 from archive.datasets import DatasetRef
 from archive.errors import InvalidInput, UnsupportedFile
+from archive.journal import Digests, Journal
 from archive.scan import SourceFile, scan_tree
 
 CHUNK = 1024 * 1024
-JOURNAL_COMMIT_SECONDS = 2.0
+BATCH_BYTES = 8 * 1024 * 1024
+"""A batch's body is at most this long: large enough that a request's fixed cost is
+small beside its bytes, small enough that batches spread over the upload jobs."""
+BATCH_FILES = 512
+"""Files in one batch, at most (the server may allow fewer)."""
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -89,75 +97,6 @@ class NetIngestReport:
         now = time.perf_counter()
         self.phases[phase] = round(now - since, 3)
         return now
-
-
-@dataclass(frozen=True)
-class Digests:
-    b3: str
-    sha256: str
-
-
-def journal_path(server: str, root: Path, folder: Path | None = None) -> Path:
-    """The journal file for this server and folder (a hash of both names it)."""
-    base = folder or Path(platformdirs.user_cache_dir("permafrost")) / "journal"
-    key = hashlib.sha256(f"{server.rstrip('/')}\n{root.resolve()}".encode()).hexdigest()[:32]
-    return base / f"{key}.sqlite"
-
-
-class Journal:
-    """What this machine knows about a folder it sent to a server, by entry path."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60)  # another run on the same folder waits
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-            " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, b3 TEXT NOT NULL,"
-            " sha256 TEXT NOT NULL, uploaded_at REAL)"
-        )
-        self.db.commit()
-        self._committed = time.monotonic()
-
-    def known(self, f: SourceFile) -> Digests | None:
-        """The digests of ``f`` if it is unchanged since they were computed."""
-        row = self.db.execute(
-            "SELECT b3, sha256 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?"
-            " AND inode = ?",
-            (f.path, f.size, f.mtime_ns, f.inode),
-        ).fetchone()
-        return Digests(row[0], row[1]) if row else None
-
-    def hashed(self, f: SourceFile, digests: Digests) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, NULL)",
-            (f.path, f.size, f.mtime_ns, f.inode, digests.b3, digests.sha256),
-        )
-        self._maybe_commit()
-
-    def uploaded(self, b3: str) -> None:
-        self.db.execute("UPDATE files SET uploaded_at = ? WHERE b3 = ?", (time.time(), b3))
-        self._maybe_commit()
-
-    def forget(self, path: str) -> None:
-        self.db.execute("DELETE FROM files WHERE path = ?", (path,))
-        self.db.commit()
-
-    def prune(self, paths: set[str]) -> None:
-        """Drop files no longer in the folder."""
-        gone = [(p,) for (p,) in self.db.execute("SELECT path FROM files") if p not in paths]
-        self.db.executemany("DELETE FROM files WHERE path = ?", gone)
-
-    def _maybe_commit(self) -> None:
-        if time.monotonic() - self._committed > JOURNAL_COMMIT_SECONDS:
-            self.commit()
-
-    def commit(self) -> None:
-        self.db.commit()
-        self._committed = time.monotonic()
-
-    def close(self) -> None:
-        self.db.commit()
-        self.db.close()
 
 
 def hash_file(f: SourceFile) -> Digests:
@@ -214,8 +153,13 @@ def network_ingest(
     message: str = "",
     title: str | None = None,
     progress: TransferProgress | None = None,
+    batch_bytes: int = BATCH_BYTES,
+    batch_files: int = BATCH_FILES,
 ) -> NetIngestReport:
     """Send the folder ``root`` to the server as the next version of ``ref``.
+
+    ``batch_bytes`` and ``batch_files`` bound each batch of small files (0: no batches,
+    every file is its own ``PUT``).
 
     Raises:
         InvalidTree: the folder holds what may not be archived (nothing sent).
@@ -246,7 +190,18 @@ def network_ingest(
     report.skipped = len(scan.files) - len(sending)
     mark = report.lap("ask", mark)
     if not dry_run:
-        _upload_all(client, sending, digests, journal, report, jobs, progress)
+        batching = sending and batch_bytes > 0 and batch_files > 0
+        limits = client.batch_limits() if batching else None
+        batches: list[list[SourceFile]] = []
+        if limits is not None:
+            small = [f for f in sending if f.size < limits.member_below]
+            sending = [f for f in sending if f.size >= limits.member_below]
+            batches = _batches(
+                small,
+                max_bytes=min(batch_bytes, limits.max_bytes),
+                max_files=min(batch_files, limits.max_members),
+            )
+        _upload_all(client, sending, batches, digests, journal, report, jobs, progress)
         mark = report.lap("upload", mark)
         version, report.created = client.commit(
             ref.collection,
@@ -301,32 +256,66 @@ def _hash_all(
     return digests
 
 
+def _batches(files: list[SourceFile], *, max_bytes: int, max_files: int) -> list[list[SourceFile]]:
+    """``files`` in batches whose bodies are at most ``max_bytes`` long (one file even if
+    alone it is longer: the server's member limit is far below its body limit)."""
+    batches: list[list[SourceFile]] = []
+    batch: list[SourceFile] = []
+    length = len(TAR_END)
+    for f in files:
+        span = member_span(f.size) + INDEX_BYTES_PER_BLOB
+        if batch and (length + span > max_bytes or len(batch) >= max_files):
+            batches.append(batch)
+            batch, length = [], len(TAR_END)
+        batch.append(f)
+        length += span
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 def _upload_all(
     client: ArchiveClient,
     sending: list[SourceFile],
+    batches: list[list[SourceFile]],
     digests: dict[str, Digests],
     journal: Journal,
     report: NetIngestReport,
     jobs: int,
     progress: TransferProgress | None,
 ) -> None:
+    """Large files first (one ``PUT`` each), then the batches, on ``jobs`` connections;
+    every file of an accepted batch is marked uploaded in the journal."""
     if progress is not None:
-        progress.phase("upload", len(sending), report.missing_bytes)
+        progress.phase("upload", report.missing_files, report.missing_bytes)
 
-    def send(f: SourceFile) -> bool:
-        d = digests[f.path]
-        return client.put_blob(d.b3, d.sha256, Path(f.abspath), f.size, f.path)
+    def send(job: SourceFile | list[SourceFile]) -> None:
+        if isinstance(job, list):
+            client.put_batch(
+                [
+                    BatchFile(
+                        digests[f.path].b3, digests[f.path].sha256, Path(f.abspath), f.size, f.path
+                    )
+                    for f in job
+                ]
+            )
+        else:
+            d = digests[job.path]
+            client.put_blob(d.b3, d.sha256, Path(job.abspath), job.size, job.path)
 
+    work: list[SourceFile | list[SourceFile]] = [*sending, *batches]
+    everything = [f for job in work for f in (job if isinstance(job, list) else [job])]
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="upload") as pool:
         try:
-            for f, _ in _windowed(pool, send, sending, max(1, jobs) * 2):
-                journal.uploaded(digests[f.path].b3)
-                report.uploaded_files += 1
-                report.uploaded_bytes += f.size
+            for job, _ in _windowed(pool, send, work, max(1, jobs) * 2):
+                done = job if isinstance(job, list) else [job]
+                journal.uploaded(*(digests[f.path].b3 for f in done))
+                report.uploaded_files += len(done)
+                report.uploaded_bytes += sum(f.size for f in done)
                 if progress is not None:
-                    progress.advanced("upload", 1, f.size)
+                    progress.advanced("upload", len(done), sum(f.size for f in done))
         except (DigestRefused, FileChangedWhileSending) as exc:
-            path = getattr(exc, "path", None) or _path_of(exc, sending, digests)
+            path = getattr(exc, "path", None) or _path_of(exc, everything, digests)
             if path:
                 journal.forget(path)
             raise UnsupportedFile(
@@ -341,8 +330,13 @@ def _path_of(
     sending: list[SourceFile],
     digests: dict[str, Digests],
 ) -> str | None:
-    """The file whose upload the server refused, from the digest its answer names."""
-    expected = exc.data.get("expected") if isinstance(exc, DigestRefused) else None
+    """The file whose upload the server refused, from the blob or digest its answer names."""
+    if not isinstance(exc, DigestRefused):
+        return None
+    blob, expected = exc.data.get("blob"), exc.data.get("expected")
+    for f in sending:
+        if blob == digests[f.path].b3:
+            return f.path
     for f in sending:
         if expected in (digests[f.path].b3, digests[f.path].sha256):
             return f.path

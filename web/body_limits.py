@@ -7,7 +7,8 @@ Every route gets a limit, applied when it first reads its body:
 - routes marked :func:`body_limit` get a larger one: ``"upload"``
   (``max_upload_bytes``) for the routes that stream their body to disk or to a tier
   and enforce their own finer limits, ``"commit"`` (``max_commit_body_bytes``) for
-  the JSON version commit.
+  the JSON version commit, ``"batch"`` (``max_batch_bytes``) for a batch of small
+  blobs in one tar stream (``POST /blobs/batch``).
 
 A declared ``Content-Length`` over the limit is answered 413 before a byte is read; a body that
 turns out longer (chunked, or a lying header) is cut off with 413 as the limit is
@@ -33,7 +34,7 @@ from archive.config import Settings
 from archive.errors import TooLarge
 from web.errors import error_response
 
-BodyKind = Literal["upload", "commit"]
+BodyKind = Literal["upload", "commit", "batch"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK = "permafrost_body_limit"
@@ -68,6 +69,7 @@ class BodyLimits:
             None: settings.max_json_body_bytes,
             "upload": settings.max_upload_bytes,
             "commit": settings.max_commit_body_bytes,
+            "batch": settings.max_batch_bytes,
         }
         self.idle_seconds = settings.body_idle_seconds
 

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from archive.batches import BatchDigestMismatch, BatchMemberRefused
 from archive.errors import (
     BlobDigestMismatch,
     InvalidPath,
@@ -68,6 +69,11 @@ def _data(exc: PermafrostError) -> dict[str, Any]:
         return {"path": exc.path, "reason": exc.reason}
     if isinstance(exc, PathCollision):
         return {"paths": exc.paths}
+    if isinstance(exc, BatchDigestMismatch):
+        found = {"algorithm": exc.algorithm, "expected": exc.expected, "found": exc.found}
+        return {"blob": exc.blob, **found}
+    if isinstance(exc, BatchMemberRefused):
+        return {"blob": exc.blob, "reason": exc.reason}
     if isinstance(exc, UploadDigestMismatch | BlobDigestMismatch):
         return {"algorithm": exc.algorithm, "expected": exc.expected, "found": exc.found}
     if isinstance(exc, InvalidTree):

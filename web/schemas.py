@@ -76,6 +76,7 @@ class ErrorPublic(BaseModel):
     detail: str
     missing: list[str] | None = Field(default=None, description="MissingBlobs: absent BLAKE3s")
     path: str | None = None
+    blob: str | None = Field(default=None, description="The BLAKE3 of a refused batch member")
     reason: str | None = None
     paths: list[str] | None = Field(default=None, description="PathCollision: colliding names")
     algorithm: str | None = None
@@ -223,6 +224,18 @@ class BlobPublic(BaseModel):
     stored_size: int
     codec: Codec
     created: bool = Field(description="False when the archive already held this blob")
+
+
+class BatchPublic(BaseModel):
+    created: list[str] = Field(description="BLAKE3s stored by this batch, all in `pack`")
+    held: list[str] = Field(description="BLAKE3s already held (their bytes were still checked)")
+    pack: str | None = Field(description="The pack that holds the created blobs, if any")
+
+
+class BatchLimitsPublic(BaseModel):
+    member_below: int = Field(description="Each blob of a batch is smaller (0: no batches)")
+    max_members: int = Field(description="Blobs one batch may carry")
+    max_bytes: int = Field(description="Largest batch body, in bytes; 413 beyond")
 
 
 class EntryCreate(BaseModel):

@@ -16,7 +16,8 @@ from archive.client import ArchiveClient, RetryPolicy, ServerUnreachable, Unauth
 from archive.config import Settings
 from archive.datasets import parse_ref
 from archive.errors import UnsupportedFile
-from archive.netingest import Journal, NetIngestReport, journal_path, network_ingest
+from archive.journal import Journal, journal_path
+from archive.netingest import NetIngestReport, network_ingest
 from tests.archive.conftest import Cli
 from tests.support.server import serve
 from web.app import create_app
@@ -44,11 +45,12 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 
 class FailPuts:
-    """A real ASGI app in front of the real API that answers 500 to some blob uploads.
+    """A real ASGI app in front of the real API that answers 500 to some blob uploads
+    (``PUT /blobs/{b3}`` and ``POST /blobs/batch``, both counted in ``puts``).
 
-    ``fail_first``: the first N PUTs fail; ``succeed_first``: after N good PUTs, every
-    PUT fails (the network is down). Each failed body is read whole first, as a
-    proxy that gave up after receiving it would.
+    ``fail_first``: the first N uploads fail; ``succeed_first``: after N good uploads,
+    every upload fails (the network is down). Each failed body is read whole first,
+    as a proxy that gave up after receiving it would.
     """
 
     def __init__(self, app: Any, *, fail_first: int = 0, succeed_first: int | None = None) -> None:
@@ -59,7 +61,8 @@ class FailPuts:
         self.failed = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "PUT":
+        batch = scope.get("path", "").endswith("/blobs/batch") and scope["method"] == "POST"
+        if scope["type"] == "http" and (scope["method"] == "PUT" or batch):
             self.puts += 1
             down = self.succeed_first is not None and self.puts > self.succeed_first
             if self.puts <= self.fail_first or down:
@@ -185,11 +188,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(
     files = make_tree(root)
     unique = {content for content in files.values()}
     with pytest.raises(ServerUnreachable) as stopped:
-        run(down_url, root, journal_dir, jobs=1)
+        run(down_url, root, journal_dir, jobs=1, batch_bytes=0)  # one PUT per file
     assert stopped.value.exit_code == 1 and "run the same command again" in str(stopped.value)
 
     failing.succeed_first = None  # the network is back
-    again = run(down_url, root, journal_dir, jobs=1)
+    again = run(down_url, root, journal_dir, jobs=1, batch_bytes=0)
     assert again.hashed == 0  # every hash was kept in the journal
     assert again.uploaded_files == len(unique) - 10  # only what did not arrive
     assert again.version == 1

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from archive.client import ArchiveClient, RetryPolicy, ServerRefused
 from archive.config import Settings
 from archive.datasets import parse_ref
-from archive.netingest import Journal, NetIngestReport, journal_path, network_ingest
+from archive.journal import Journal, journal_path
+from archive.netingest import NetIngestReport, network_ingest
 from tests.support.accounts import Person, add_people
 from tests.support.server import live_server  # noqa: F401  (fixture)
 from web.app import create_app

@@ -35,6 +35,7 @@ def test_openapi_schema_lists_every_route(client: TestClient) -> None:
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/entries",
         f"{API}/datasets/{{collection}}/{{dataset}}/versions/{{version}}/files/{{path}}",
         f"{API}/blobs/missing",
+        f"{API}/blobs/batch",
         f"{API}/blobs/{{b3}}",
         f"{API}/uploads",
         f"{API}/uploads/{{upload_id}}",

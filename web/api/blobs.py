@@ -1,4 +1,8 @@
-"""Blobs sent by clients, one at a time, each proven against its address before it counts.
+"""Blobs sent by clients, each proven against its address before it counts.
+
+``PUT /blobs/{b3}`` takes one blob; ``POST /blobs/batch`` takes many small ones in
+one tar stream and stores the new ones as one pack (:mod:`archive.batches`), which
+spares the server a request, an object and a catalog record per small file.
 
 The body of ``PUT /blobs/{b3}`` is never held whole: the async request stream is
 bridged to the synchronous :func:`archive.upload.store_stream`, which runs in a
@@ -13,7 +17,7 @@ cannot read is reported missing, so it must send the bytes (which proves it has
 them) before it can name them in a version.
 
 Back-pressure: one process takes at most ``max_concurrent_uploads`` uploads at
-once (this route, resumable appends, bags), counting those that wait for one of the
+once (these routes, resumable appends, bags), counting those that wait for one of the
 ``upload_threads``; one more is refused with 503 and ``Retry-After`` before its
 body is read, rather than queued without bound.
 """
@@ -31,6 +35,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 
 from archive.access import Principal, claimable_blobs, grant_upload, needs_grant
+from archive.batches import batch_limits, store_batch
 from archive.datasets import blobs_missing
 from archive.errors import Forbidden
 from archive.node import ArchiveNode
@@ -38,7 +43,14 @@ from archive.upload import store_stream
 from web.auth import PrincipalDep
 from web.body_limits import body_limit
 from web.deps import BlobAddress, NodeDep, SessionDep
-from web.schemas import BlobPublic, BlobQuery, ErrorPublic, MissingPublic
+from web.schemas import (
+    BatchLimitsPublic,
+    BatchPublic,
+    BlobPublic,
+    BlobQuery,
+    ErrorPublic,
+    MissingPublic,
+)
 
 router = APIRouter(prefix="/blobs", tags=["blobs"])
 
@@ -53,6 +65,59 @@ def find_missing(body: BlobQuery, session: SessionDep, principal: PrincipalDep) 
     """Which of these addresses the archive lacks: upload those, then commit."""
     _require_uploader(principal)
     return MissingPublic(missing=_missing_for(principal, body.blobs, session))
+
+
+@router.get("/batch", response_model=BatchLimitsPublic)
+def batch_upload_limits(node: NodeDep, principal: PrincipalDep) -> BatchLimitsPublic:
+    """What one ``POST /blobs/batch`` may carry here; a client sizes its batches by it."""
+    _require_uploader(principal)
+    limits = batch_limits(node)
+    return BatchLimitsPublic(
+        member_below=limits.member_below,
+        max_members=limits.max_members,
+        max_bytes=limits.max_bytes,
+    )
+
+
+@router.post(
+    "/batch",
+    response_model=BatchPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": BatchPublic, "description": "Every blob was already held (all checked)"},
+        413: {"model": ErrorPublic, "description": "The body is over `max_batch_bytes`"},
+        422: {
+            "model": ErrorPublic,
+            "description": "A member is wrong (`blob` names it) or the body is not a batch; "
+            "nothing of the batch was stored",
+        },
+        503: {"model": ErrorPublic, "description": "Too many uploads at once (`Retry-After`)"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+@body_limit("batch")
+async def post_batch(
+    request: Request, node: NodeDep, response: Response, principal: PrincipalDep
+) -> BatchPublic:
+    """Store many small blobs sent as one tar stream (format: :mod:`archive.batches`):
+    201 with the pack that holds the new ones, 200 if all were held; one wrong member
+    refuses the whole batch and keeps nothing."""
+    _require_uploader(principal)
+    async with upload_slot(request):
+        store = functools.partial(
+            store_batch, node, _chunks_from_loop(request.stream()), principal=principal
+        )
+        result = await anyio.to_thread.run_sync(store, limiter=upload_limiter(request))
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+    return BatchPublic(
+        created=[d.b3 for d in result.created], held=result.held, pack=result.pack_id
+    )
 
 
 @router.head(
