@@ -47,18 +47,20 @@ def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
     """
     wanted = sorted(set(b3s))
     present: set[str] = set()
+    # The state test is an expression, not the bare column, so that no index on state
+    # can serve it: SQLite took ix_replica_state_next_audit and walked every present
+    # replica for each batch of addresses (0.31 s for 20,000 addresses among 20,000
+    # present copies, against 0.09 s looking the addresses up).
+    is_present = sa.func.coalesce(col(models.Replica.state), "") == ReplicaState.PRESENT
     for i in range(0, len(wanted), 900):
         batch = wanted[i : i + 900]
         loose = select(models.Replica.blob_b3).where(
-            col(models.Replica.blob_b3).in_(batch), models.Replica.state == ReplicaState.PRESENT
+            col(models.Replica.blob_b3).in_(batch), is_present
         )
         packed = (
             select(models.PackMember.blob_b3)
             .join(models.Replica, col(models.Replica.pack_id) == col(models.PackMember.pack_id))
-            .where(
-                col(models.PackMember.blob_b3).in_(batch),
-                models.Replica.state == ReplicaState.PRESENT,
-            )
+            .where(col(models.PackMember.blob_b3).in_(batch), is_present)
         )
         present.update(b for b in session.exec(loose).all() if b)
         present.update(session.exec(packed).all())
