@@ -32,6 +32,7 @@ from tiers.errors import (
     TierError,
     TierUnavailable,
 )
+from tiers.reading import read_ahead
 
 __all__ = [
     "CHUNK_SIZE",
@@ -52,6 +53,7 @@ __all__ = [
     "Upload",
     "exists_by_stat",
     "open_tier",
+    "read_ahead",
     "restore_status_of",
 ]
 
