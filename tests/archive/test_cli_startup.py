@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from archive.cli_catalog import DEFAULT_GRACE_HOURS
 from archive.config import Settings
+from archive.gc import DEFAULT_GRACE
 from tests.support.server import serve
 from web.app import create_app
 
@@ -72,3 +74,8 @@ def test_ingest_to_a_server_imports_no_catalog(tmp_path: Path) -> None:
         assert outcome["exit"] == 0, outcome["output"]
         assert outcome["loaded"] == []
     assert '"created": false' in str(second["output"])
+
+
+def test_gc_default_grace_is_the_service_default() -> None:
+    """``gc --grace-hours`` is declared without importing archive.gc: the two must agree."""
+    assert DEFAULT_GRACE.total_seconds() / 3600 == DEFAULT_GRACE_HOURS
