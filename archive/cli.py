@@ -12,7 +12,7 @@ import sys
 import threading
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -22,8 +22,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from archive.accounts import INITIAL_ADMIN, ensure_initial_admin
-from archive.checkout import checkout, stream_blob, write_file
 from archive.cli_app import (
     JsonOpt,
     _emit,
@@ -36,24 +34,15 @@ from archive.cli_app import (
     state,
 )
 from archive.cli_replication import eta
-from archive.datasets import (
-    DatasetRef,
-    check_name,
-    get_entry,
-    iter_entries,
-    list_datasets,
-    list_versions,
-    parse_ref,
-    resolve_version,
-)
 from archive.errors import PermafrostError, RestoreRequired
-from archive.identity import ensure_node_key, public_key_text
-from archive.ingest import ingest_tree
-from archive.node import ArchiveNode
-from archive.replicas import replicas_of_version
-from archive.restore import latest_ready_at, plan_restore, request_restore
-from archive.verify import verify_version
-from archive.worker import Worker
+from archive.refs import DatasetRef, check_name, parse_ref
+
+if TYPE_CHECKING:
+    from archive.node import ArchiveNode
+    from archive.worker import Worker
+
+# Commands import the services they call when they run, not here: ``--help`` and
+# ``ingest --server`` never load the catalog (archive.cli_app says why).
 
 
 class _RichIngestProgress:
@@ -76,6 +65,8 @@ class _RichIngestProgress:
 @app.command()
 def init() -> None:
     """Create the catalog and tier folders of the configured archive (the embedded default)."""
+    from archive.identity import ensure_node_key, public_key_text
+
     with _node() as node:
         s = node.settings
         console.print(f"[green]Archive ready.[/] Catalog: {s.catalog_url}")
@@ -92,6 +83,8 @@ def init() -> None:
 
 def _first_admin(node: ArchiveNode, base_url: str) -> None:
     """On a catalog without users, create the administrator and say how to sign in (once)."""
+    from archive.accounts import INITIAL_ADMIN, ensure_initial_admin
+
     with node.session() as session:
         password = ensure_initial_admin(session=session)
     if password is not None:
@@ -138,6 +131,8 @@ def ingest(
         return
     if dry_run:
         raise typer.BadParameter("--dry-run needs --server", param_hint="--dry-run")
+    from archive.ingest import ingest_tree
+
     with _node() as node, _progress() as progress:
         report = ingest_tree(
             node,
@@ -167,6 +162,8 @@ def ls_(
     as_json: JsonOpt = False,
 ) -> None:
     """List datasets (and their latest version)."""
+    from archive.datasets import list_datasets, list_versions
+
     with _node() as node, node.session() as session:
         rows: list[dict[str, Any]] = []
         for coll, ds in list_datasets(collection, session=session):
@@ -207,6 +204,9 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a dataset: versions, files with size, BLAKE3, SHA-256, and replicas."""
+    from archive.datasets import iter_entries, list_versions, resolve_version
+    from archive.replicas import replicas_of_version
+
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
         ds, version = resolve_version(r, session=session)
@@ -270,6 +270,9 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """Get exact bytes back: one file, a folder, or the whole version, every digest verified."""
+    from archive.datasets import resolve_version
+    from archive.restore import latest_ready_at, plan_restore, request_restore
+
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
         _, version = resolve_version(r, session=session)
@@ -313,6 +316,9 @@ def _get(
     session: Any,
 ) -> tuple[int, int, list[str]]:
     """Write a file, a folder or the whole version; bytes verified on the way out."""
+    from archive.checkout import checkout, stream_blob, write_file
+    from archive.datasets import get_entry
+
     problems: list[str] = []
     if path is not None and str(output) == "-":
         entry = get_entry(version.id, path, session=session)
@@ -350,6 +356,8 @@ def _get(
 
 
 def _is_entry(version_id: int, path: str, session: Any) -> bool:
+    from archive.datasets import get_entry
+
     try:
         get_entry(version_id, path, session=session)
     except PermafrostError:
@@ -363,6 +371,9 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-read every stored copy of every blob of a version now and report. Exit 1 on damage."""
+    from archive.datasets import resolve_version
+    from archive.verify import verify_version
+
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
         _, version = resolve_version(r, session=session)
@@ -418,6 +429,9 @@ def serve(
     ] = False,
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs) and, unless --no-worker, an embedded worker."""
+    from archive.node import ArchiveNode
+    from archive.worker import Worker
+
     settings = state.settings
     bind_host, bind_port = host or settings.host, port or settings.port
     with _node() as node:  # migrate the catalog and create tiers before accepting requests

@@ -13,17 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from archive.accounts import (
-    create_user,
-    get_user,
-    list_users,
-    parse_permission,
-    set_membership,
-    set_password,
-)
-from archive.catalog.models import Role, utcnow
 from archive.cli_app import JsonOpt, _emit, _node, app, console, out
-from archive.credentials import create_token, list_tokens, revoke_token
+from archive.roles import Role
+
+# The account services are imported by the commands that call them (archive.cli_app).
 
 user_app = typer.Typer(help="Portal and API users.", no_args_is_help=True)
 token_app = typer.Typer(help="Personal API tokens (Authorization: Bearer).", no_args_is_help=True)
@@ -51,6 +44,8 @@ def user_add(
     name: Annotated[str, typer.Option(help="Display name.")] = "",
 ) -> None:
     """Add a user (asks for a password unless --no-password or --password-stdin)."""
+    from archive.accounts import create_user
+
     password = None if no_password else _read_password(password_stdin)
     with _node() as node, node.session() as session:
         create_user(username, session=session, role=role, password=password, display_name=name)
@@ -63,6 +58,8 @@ def user_passwd(
     password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
 ) -> None:
     """Set a user's password."""
+    from archive.accounts import get_user, set_password
+
     password = _read_password(password_stdin)
     with _node() as node, node.session() as session:
         set_password(get_user(username, session=session), password, session=session)
@@ -78,6 +75,8 @@ def user_grant(
     ],
 ) -> None:
     """Make a user a member of a collection (or remove them with 'none')."""
+    from archive.accounts import get_user, parse_permission, set_membership
+
     chosen = parse_permission(permission)
     with _node() as node, node.session() as session:
         set_membership(get_user(username, session=session), collection, chosen, session=session)
@@ -87,6 +86,8 @@ def user_grant(
 @user_app.command("list")
 def user_list(as_json: JsonOpt = False) -> None:
     """List users and their roles."""
+    from archive.accounts import list_users
+
     with _node() as node, node.session() as session:
         rows: list[dict[str, Any]] = [
             {"username": u.username, "role": u.role, "active": u.active, "name": u.display_name}
@@ -111,6 +112,10 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a personal API token; it is printed once and only its hash is kept."""
+    from archive.accounts import get_user
+    from archive.catalog.models import utcnow
+    from archive.credentials import create_token
+
     expires = utcnow() + dt.timedelta(days=days) if days else None
     with _node() as node, node.session() as session:
         owner = get_user(user, session=session)
@@ -128,6 +133,9 @@ def token_list(
     user: Annotated[str | None, typer.Option("--user", "-u")] = None, as_json: JsonOpt = False
 ) -> None:
     """List tokens (never their secrets)."""
+    from archive.accounts import get_user
+    from archive.credentials import list_tokens
+
     with _node() as node, node.session() as session:
         user_id = get_user(user, session=session).id if user else None
         rows: list[dict[str, Any]] = [
@@ -162,6 +170,8 @@ def token_list(
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[int, typer.Argument()]) -> None:
     """Revoke a token: requests with it are refused from now on."""
+    from archive.credentials import revoke_token
+
     with _node() as node, node.session() as session:
         revoke_token(token_id, session=session)
     out.print(f"token {token_id} revoked")

@@ -3,6 +3,10 @@
 Command modules (archive.cli, archive.cli_replication, ...) import ``app`` from here
 and register their commands on it; this module owns no commands itself, so the app
 is one object however the program was started (``permafrost`` or ``python -m``).
+
+Start-up imports no service module: commands import what they use when they run, so
+``permafrost --help`` and ``permafrost ingest --server`` never load SQLAlchemy, SQLModel
+or the catalog models (issue 7; tests/archive/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,8 +28,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from archive.config import Settings, load_settings
-from archive.node import ArchiveNode
+if TYPE_CHECKING:
+    from archive.config import Settings
+    from archive.node import ArchiveNode
 
 app = typer.Typer(
     name="permafrost",
@@ -49,6 +54,8 @@ class State:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from archive.config import load_settings  # pydantic: only for commands that read it
+
             self._settings = load_settings(self.config)
         return self._settings
 
@@ -71,6 +78,8 @@ def _main(
 
 @contextmanager
 def _node() -> Iterator[ArchiveNode]:
+    from archive.node import ArchiveNode  # the catalog: only for commands that open it
+
     node = ArchiveNode.open(state.settings)
     try:
         yield node

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from archive.cli_app import JsonOpt, _emit, _node, app, console, out, state
-from archive.gc import DEFAULT_GRACE, collect_garbage
-from archive.node import ArchiveNode
-from archive.rebuild import LIST_SHOWN, iter_problems, rebuild_catalog
+
+# The services are imported by the commands that call them (archive.cli_app says why).
+DEFAULT_GRACE_HOURS = 24.0
+"""``archive.gc.DEFAULT_GRACE`` in hours, as a literal: the option's default is built at
+start-up (tests/archive/test_cli_startup.py checks that both agree)."""
 
 catalog_app = typer.Typer(help="Rebuild the catalog from storage.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
@@ -29,6 +31,9 @@ def rebuild(
 
     Exits 1 when the history has a break or a blob was found on no tier.
     """
+    from archive.node import ArchiveNode
+    from archive.rebuild import LIST_SHOWN, iter_problems, rebuild_catalog
+
     settings = state.settings
     if into is not None:
         settings = settings.model_copy(update={"database_url": into})
@@ -63,11 +68,14 @@ def gc(
     grace_hours: Annotated[
         float,
         typer.Option(min=0, help="Only what was last touched longer ago than this."),
-    ] = DEFAULT_GRACE.total_seconds() / 3600,
+    ] = DEFAULT_GRACE_HOURS,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, delete nothing.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove what crashes left in the tiers: abandoned staging, unrecorded packs and blobs."""
+    from archive.gc import collect_garbage
+    from archive.rebuild import LIST_SHOWN
+
     with _node() as node:
         report = collect_garbage(node, grace=dt.timedelta(hours=grace_hours), dry_run=dry_run)
     if as_json:

@@ -9,14 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from archive.catalog.models import utcnow
 from archive.cli_app import _emit, _node, app, console, out
-from archive.datasets import get_collection, parse_ref, resolve_version
-from archive.policy import ReplicationPolicy, parse_policy
-from archive.replication import drop_copies, extra_copies, plan, targets_of
-from archive.restore import latest_ready_at, plan_restore, request_restore
-from archive.status import archive_status
-from archive.worker import Worker
+from archive.refs import parse_ref
+
+# The services are imported by the commands that call them (archive.cli_app says why).
 
 policy_app = typer.Typer(help="Replication policies of collections.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -32,6 +28,8 @@ def worker(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Claim and do the archive's work (copies, restores) until SIGTERM, or once."""
+    from archive.worker import Worker
+
     with _node() as node:
         chosen = [x.strip() for x in loops.split(",") if x.strip()] if loops else None
         w = Worker(node, loops=chosen)
@@ -50,6 +48,8 @@ def worker(
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Copies by tier and state, the work queue, which datasets are preserved, and
     which blobs are lost (exit 1 when any is: no good copy of it is left)."""
+    from archive.status import archive_status
+
     with _node() as node, node.session() as session:
         data = archive_status(node, session=session)
     lost = data["integrity"]["lost"]
@@ -91,6 +91,10 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @policy_app.command("show")
 def policy_show(collection: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The collection's policy and the tiers it names."""
+    from archive.datasets import get_collection
+    from archive.policy import parse_policy
+    from archive.replication import targets_of
+
     with _node() as node, node.session() as session:
         coll = get_collection(collection, session=session)
         policy = parse_policy(coll.policy, node.settings.policy)
@@ -121,6 +125,10 @@ def policy_set(
     Copies that the new policy no longer asks for are kept and listed: nothing is
     ever dropped silently.
     """
+    from archive.datasets import get_collection
+    from archive.policy import ReplicationPolicy
+    from archive.replication import plan, targets_of
+
     policy = ReplicationPolicy(
         copies={"hot": hot, "cold": cold, "partner": partner},
         tiers=list(tier or []),
@@ -145,6 +153,8 @@ def policy_set(
 
 
 def eta(ready_at: dt.datetime | None) -> str:
+    from archive.catalog.models import utcnow
+
     if ready_at is None:
         return "when the tier completes it"
     seconds = max(0.0, (ready_at - utcnow()).total_seconds())
@@ -165,6 +175,9 @@ def restore(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show what restoring from cold storage costs and takes, then ask the tier for it."""
+    from archive.datasets import resolve_version
+    from archive.restore import latest_ready_at, plan_restore, request_restore
+
     r = parse_ref(ref)
     with _node() as node, node.session() as session:
         _, version = resolve_version(r, session=session)
@@ -210,6 +223,8 @@ def policy_prune(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List copies that no policy requires any more, and delete them once confirmed."""
+    from archive.replication import drop_copies, extra_copies
+
     with _node() as node, node.session() as session:
         extra = extra_copies(node, session=session)
         if as_json and not yes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,11 +26,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from archive.config import Settings
-from archive.datasets import DatasetRef, parse_ref
-from archive.node import ArchiveNode
-from archive.premis import write_premis
+from archive.refs import DatasetRef, parse_ref
 from archive.safe_extract import ExtractLimits
+
+if TYPE_CHECKING:
+    from archive.config import Settings
+
+# The services are imported by the commands that call them (archive.cli_app says why).
 
 console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -178,6 +180,7 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     ) -> None:
         """Validate a BagIt bag (RFC 8493) strictly and ingest its payload as a new version."""
         from archive.bag_import import import_bag  # bagit: only for bag commands
+        from archive.node import ArchiveNode
 
         node = ArchiveNode.open(settings())
         try:
@@ -219,6 +222,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         """Export a version as a BagIt 1.0 bag (RFC 8493) with SHA-256 and SHA-512 manifests,
         and/or the dataset's preservation metadata as a PREMIS 3 XML document."""
         from archive.bag_export import export_bag
+        from archive.node import ArchiveNode
+        from archive.premis import write_premis
 
         target = parse_ref(ref)
         if bag is None and premis is None:

@@ -9,7 +9,6 @@ never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,45 +23,12 @@ from archive.catalog.bulk import insert_all
 from archive.catalog.models import EventOutcome, EventType, utcnow
 from archive.errors import InvalidInput, MissingBlobs, NotFound
 from archive.manifest import ManifestEntry, manifest_key, render
+from archive.refs import NAME_RE as NAME_RE
+from archive.refs import REF_RE as REF_RE
+from archive.refs import DatasetRef as DatasetRef
+from archive.refs import check_name as check_name
+from archive.refs import parse_ref as parse_ref
 from tiers import ObjectExists, Tier
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-REF_RE = re.compile(r"^(?P<collection>[^/@]+)/(?P<dataset>[^/@]+)(?:@v?(?P<version>\d+))?$")
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    collection: str
-    dataset: str
-    version: int | None = None
-
-    def __str__(self) -> str:
-        suffix = f"@v{self.version}" if self.version is not None else ""
-        return f"{self.collection}/{self.dataset}{suffix}"
-
-
-def check_name(kind: str, name: str) -> str:
-    if not NAME_RE.match(name):
-        raise InvalidInput(
-            f"invalid {kind} name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def parse_ref(text: str) -> DatasetRef:
-    """Parse ``collection/dataset[@vN]``.
-
-    Raises:
-        InvalidInput: the reference is malformed.
-    """
-    m = REF_RE.match(text)
-    if not m:
-        raise InvalidInput(f"invalid dataset reference {text!r}: expected COLLECTION/DATASET[@vN]")
-    version = int(m["version"]) if m["version"] else None
-    return DatasetRef(
-        check_name("collection", m["collection"]), check_name("dataset", m["dataset"]), version
-    )
 
 
 def get_collection(name: str, *, session: Session) -> models.Collection:

@@ -42,9 +42,9 @@ from archive.client import (
     DigestRefused,
     FileChangedWhileSending,
 )
-from archive.datasets import DatasetRef
 from archive.errors import InvalidInput, UnsupportedFile
 from archive.journal import Digests, Journal
+from archive.refs import DatasetRef
 from archive.scan import SourceFile, scan_tree
 
 CHUNK = 1024 * 1024

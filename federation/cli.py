@@ -13,17 +13,18 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from archive.config import Settings
 from archive.errors import InvalidInput
-from archive.identity import load_node_key, public_key_text
-from archive.node import ArchiveNode
-from federation.partners import add_partner, list_partners
-from federation.sealing import make_collection_key
+
+if TYPE_CHECKING:
+    from archive.config import Settings
+
+# Registered at every start-up, so the services are imported by the commands that call
+# them: ``permafrost --help`` and ``ingest --server`` never load the catalog (issue 7).
 
 out = Console(highlight=False, soft_wrap=True)
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
@@ -46,6 +47,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     @node_app.command("info")
     def node_info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         """Print this node's public key and URL, to give to partners."""
+        from archive.identity import load_node_key, public_key_text
+
         s = settings()
         key = public_key_text(load_node_key(s.node_key_path))
         if as_json:
@@ -62,6 +65,9 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         quota: Annotated[str, typer.Option(help="Bytes we hold for them, e.g. 500G.")] = "0",
     ) -> None:
         """Register (or update) a partner: its requests are accepted from now on."""
+        from archive.node import ArchiveNode
+        from federation.partners import add_partner
+
         node = ArchiveNode.open(settings())
         try:
             with node.session() as session:
@@ -75,6 +81,9 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     @partner_app.command("list")
     def partner_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         """Partners and what we hold for each."""
+        from archive.node import ArchiveNode
+        from federation.partners import list_partners
+
         node = ArchiveNode.open(settings())
         try:
             with node.session() as session:
@@ -104,5 +113,7 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     def partner_key(path: Path) -> None:
         """Make a collection key file (32 random bytes, mode 0600) for encrypted partner
         tiers; name it as the tier's collection_key_file and back it up."""
+        from federation.sealing import make_collection_key
+
         made = make_collection_key(path)
         out.print(f"{'made' if made else 'kept the existing'} collection key {path}")

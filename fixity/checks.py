@@ -36,14 +36,9 @@ import zstandard
 
 from archive.catalog import models
 from archive.catalog.models import Codec
+from fixity.levels import Level as Level
 from fixity.ratelimit import UNLIMITED, ByteRate
 from tiers import CHUNK_SIZE, NeedsRestore, ObjectNotFound, Tier, TierError, read_ahead
-
-
-class Level(enum.StrEnum):
-    LIGHT = "light"
-    STORED = "stored"
-    DEEP = "deep"
 
 
 class Finding(enum.StrEnum):

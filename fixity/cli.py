@@ -15,21 +15,21 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from archive.config import Settings
-from archive.datasets import get_dataset, parse_ref
-from archive.events import dataset_events, event_dict
-from archive.node import ArchiveNode
-from fixity.audit import AuditOptions, Auditor
-from fixity.checks import Level
-from fixity.repair import Repairer
-from fixity.report import daily_summary
-from fixity.status import audit_status
+from archive.refs import parse_ref
+from fixity.levels import Level
+
+if TYPE_CHECKING:
+    from archive.config import Settings
+    from archive.node import ArchiveNode
+
+# Registered at every start-up, so the services are imported by the commands that call
+# them: ``permafrost --help`` and ``ingest --server`` never load the catalog (issue 7).
 
 console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -55,6 +55,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
 
     @contextmanager
     def node() -> Iterator[ArchiveNode]:
+        from archive.node import ArchiveNode
+
         opened = ArchiveNode.open(settings())
         try:
             yield opened
@@ -79,6 +81,9 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Audit copies now (all of them, or --due), repair what fails, print one report."""
+        from fixity.audit import AuditOptions, Auditor
+        from fixity.repair import Repairer
+
         with node() as archive:
             unknown = set(tier or []) - set(archive.tiers)
             if unknown:
@@ -102,6 +107,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     @audit_app.command("status")
     def audit_status_command(as_json: JsonOpt = False) -> None:
         """Per tier: copies, verified within the interval, overdue, damaged, oldest check."""
+        from fixity.status import audit_status
+
         with node() as archive, archive.session() as session:
             data = audit_status(archive, session=session)
         if as_json:
@@ -141,6 +148,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """One day's summary: copies checked and repairs, per tier and outcome."""
+        from fixity.report import daily_summary
+
         when = dt.date.fromisoformat(day) if day else dt.datetime.now(dt.UTC).date()
         with node() as archive, archive.session() as session:
             data = daily_summary(session, when)
@@ -157,6 +166,9 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """The dataset's preservation history (PREMIS events), oldest first."""
+        from archive.datasets import get_dataset
+        from archive.events import dataset_events, event_dict
+
         target = parse_ref(ref)
         with node() as archive, archive.session() as session:
             dataset = get_dataset(target.collection, target.dataset, session=session)

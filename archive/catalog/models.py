@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from archive.roles import Role as Role
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -271,17 +273,6 @@ class RestoreRequest(SQLModel, table=True):
     requested_by: str = Field(default="", max_length=200)
     created_at: dt.datetime = _time()
     updated_at: dt.datetime = _time()
-
-
-class Role(enum.StrEnum):
-    """What a user may do across the archive (issue 6); collections add memberships."""
-
-    ADMIN = "admin"
-    """Everything: every collection, users, memberships, tokens."""
-    CURATOR = "curator"
-    """Reads every collection, sees the dashboard and restores; writes where a member."""
-    RESEARCHER = "researcher"
-    """Only the collections they are a member of."""
 
 
 class Permission(enum.StrEnum):
