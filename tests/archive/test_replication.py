@@ -239,6 +239,13 @@ def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _partly_staged(staging: Path, size: int) -> bool:
+    try:
+        return any(0 < entry.stat().st_size < size for entry in staging.iterdir())
+    except FileNotFoundError:  # no staging folder yet, or a file promoted meanwhile
+        return False
+
+
 @pytest.mark.parametrize(
     "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
@@ -271,7 +278,13 @@ def test_worker_killed_mid_copy_loses_nothing(
         b3 = blake3.blake3(big).hexdigest()
         proc = _start_worker(env, tmp_path)
         _wait(lambda: states(node).get(("cold", "copying"), 0) == 1, 60, "the copy to start")
-        time.sleep(0.3)
+        # Killed as soon as part of the blob is staged, not after a fixed delay: a fast
+        # disk copies 160 MiB in well under a second, and the copy must be under way.
+        staging = data / "cold" / ".staging"
+        deadline = time.monotonic() + 60
+        while not _partly_staged(staging, len(big)):
+            assert time.monotonic() < deadline, "the copy never staged a byte"
+            time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert ("cold", "present") not in states(node)
