@@ -200,4 +200,49 @@ def render_metrics(node: ArchiveNode, *, session: Session) -> str:
         "Cold tiers: share of copies whose bytes a sampled audit has read.",
         [({"tier": t}, v["sample_coverage"]) for t, v in tiers.items() if "sample_coverage" in v],
     )
+    manifests = status["manifests"]
+    metric(
+        "permafrost_manifest_copies",
+        "gauge",
+        "Copies of version manifests: the hot tier's, and those on other tiers.",
+        [
+            ({"copy": "hot"}, manifests["count"]),
+            ({"copy": "elsewhere"}, manifests["copies_elsewhere"]),
+        ],
+    )
+    metric(
+        "permafrost_manifest_failures",
+        "gauge",
+        "Manifest copies now damaged, missing or being repaired.",
+        [
+            ({"copy": "hot"}, manifests["damaged"]),
+            ({"copy": "elsewhere"}, manifests["copies_elsewhere_damaged"]),
+        ],
+    )
+    metric(
+        "permafrost_manifest_queue_depth",
+        "gauge",
+        "Manifest copies whose audit is due now.",
+        [
+            ({"copy": "hot"}, manifests["due_now"]),
+            ({"copy": "elsewhere"}, manifests["copies_elsewhere_due_now"]),
+        ],
+    )
+    held = status["held_for_partners"]
+    metric(
+        "permafrost_held_objects",
+        "gauge",
+        "Blobs and manifests this node holds for partners, by what its own audits found.",
+        [
+            ({"state": "verified_within_interval"}, held["verified_within_interval"]),
+            ({"state": "damaged"}, held["damaged"]),
+            ({"state": "all"}, held["objects"]),
+        ],
+    )
+    metric(
+        "permafrost_held_queue_depth",
+        "gauge",
+        "Objects held for partners whose audit is due now.",
+        [({}, held["due_now"])],
+    )
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from archive.packs import blob_key
 from archive.worker import Worker
 from fixity.audit import AuditOptions, Auditor
 from fixity.repair import Repairer
+from fixity.status import render_metrics
 from tests.archive.conftest import Cli
 from tests.federation.conftest import Connect, Pair, PairFactory
 from tests.federation.test_two_nodes import FILES, audit, blobs, replicated_pair, state_of
@@ -199,6 +200,11 @@ def test_bit_rot_in_what_a_partner_holds_is_found_by_the_partners_own_audit(
     assert isinstance(status, dict) and not status["proven"]
     assert status["held_for_partners"]["damaged"] == 1
     assert "1 damaged or missing" in partner("audit", "status").stdout
+    with pair.partner.node.reading() as session:
+        metrics = render_metrics(pair.partner.node, session=session)
+    assert 'permafrost_held_objects{state="damaged"} 1' in metrics
+    held = len(held_rows(pair))
+    assert f'permafrost_held_objects{{state="all"}} {held}' in metrics
 
     # Home sends the blob again: what the partner found bad is replaced, not kept.
     client = client_of(pair)

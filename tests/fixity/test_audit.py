@@ -30,7 +30,7 @@ from fixity.ratelimit import ByteRate
 from fixity.repair import Repairer
 from fixity.report import daily_summary, record_daily_summary
 from fixity.schedule import claim_due, spread
-from fixity.status import audit_status
+from fixity.status import audit_status, render_metrics
 from tests.fixity.faults import Raw
 from tests.support.s3server import new_server, run_seaweedfs
 from web.app import create_app
@@ -536,7 +536,11 @@ def test_a_manifest_lost_from_a_cold_tier_is_found_and_sent_again(tmp_path: Path
         assert found.damage_found == 1
         with node.session() as session:
             copy = session.exec(select(models.ManifestCopy)).one()
+            metrics = render_metrics(node, session=session)
         assert copy.state == ReplicaState.MISSING
+        assert 'permafrost_manifest_copies{copy="elsewhere"} 1' in metrics
+        assert 'permafrost_manifest_failures{copy="elsewhere"} 1' in metrics
+        assert 'permafrost_manifest_failures{copy="hot"} 0' in metrics
 
         outcomes = Repairer(node, owner="t").repair_pass()
         assert [(o.object_type, o.result) for o in outcomes] == [("manifest", "repaired")]
@@ -544,5 +548,7 @@ def test_a_manifest_lost_from_a_cold_tier_is_found_and_sent_again(tmp_path: Path
         assert Auditor(node, owner="t").audit_pass(options).clean
         with node.session() as session:
             assert session.exec(select(models.ManifestCopy)).one().state == ReplicaState.PRESENT
+            metrics = render_metrics(node, session=session)
+        assert 'permafrost_manifest_failures{copy="elsewhere"} 0' in metrics
     finally:
         node.close()
