@@ -37,11 +37,11 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from archive.catalog import models
-from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.catalog.models import EventType, ReplicaState, utcnow
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
-from fixity.checks import CheckResult, Finding, Level, Target, check, event_detail
-from fixity.manifests import manifest_pieces, version_object_id
+from fixity.checks import CheckResult, Finding, Level, Target, check
+from fixity.manifests import manifest_check_event, manifest_pieces, version_object_id
 from fixity.ratelimit import UNLIMITED, ByteRate
 from fixity.readback import read_back_twice
 from fixity.report import AuditReport, RepairOutcome
@@ -236,18 +236,7 @@ def _record(
         if changed.rowcount == 0:  # type: ignore[attr-defined]
             return  # the lease ran out and another worker took the copy over
         mark_reachable(tier, session=session)
-        session.add(
-            models.Event(
-                type=EventType.FIXITY_CHECK,
-                object_type="manifest",
-                object_id=target.object_id,
-                tier=tier,
-                outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                detail=event_detail(target, result, sampled=False),
-                agent=AGENT,
-                created_at=now,
-            )
-        )
+        session.add(manifest_check_event(target.object_id, tier, target, result, now))
     report.copy_checked(tier, target, result)
 
 

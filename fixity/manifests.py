@@ -95,19 +95,25 @@ def _record_manifest(
             return
         version = session.get(V, claim.version_id)
         assert version is not None
-        session.add(
-            models.Event(
-                type=EventType.FIXITY_CHECK,
-                object_type="manifest",
-                object_id=version_object_id(version, session=session),
-                tier=tier,
-                outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                detail=event_detail(target, result, sampled=False),
-                agent=AGENT,
-                created_at=now,
-            )
-        )
+        object_id = version_object_id(version, session=session)
+        session.add(manifest_check_event(object_id, tier, target, result, now))
     report.copy_checked(tier, target, result)
+
+
+def manifest_check_event(
+    object_id: str, tier: str, target: Target, result: CheckResult, now: dt.datetime
+) -> models.Event:
+    """The preservation event of one audit of a manifest copy, on the hot tier or another."""
+    return models.Event(
+        type=EventType.FIXITY_CHECK,
+        object_type="manifest",
+        object_id=object_id,
+        tier=tier,
+        outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
+        detail=event_detail(target, result, sampled=False),
+        agent=AGENT,
+        created_at=now,
+    )
 
 
 def version_object_id(version: models.Version, *, session: Session) -> str:
