@@ -54,7 +54,15 @@ from federation.partners import (
     usage,
 )
 from federation.signing import Caller
-from tiers import CHUNK_SIZE, DigestMismatch, ObjectExists, ObjectNotFound, Tier, read_ahead
+from tiers import (
+    CHUNK_SIZE,
+    DigestMismatch,
+    HashingTier,
+    ObjectExists,
+    ObjectNotFound,
+    Tier,
+    read_ahead,
+)
 
 MAX_MANIFEST = 64 * 1024 * 1024
 MAX_PROOF_BODY = 1024 * 1024
@@ -357,14 +365,18 @@ def _proof_request(body: bytes) -> tuple[bytes, list[str]]:
 def _keyed_digest(node: ArchiveNode, caller: Caller, key: bytes, address: str) -> str | None:
     """The keyed BLAKE3 of one held blob's bytes as they are now (None: gone).
 
-    Read, the next chunk while this one is hashed (:func:`tiers.read_ahead`), never
-    memory-mapped: a disk read error or a truncation in a mapped file raises SIGBUS
-    and would kill this server, where a read fails this one proof.
+    A tier that hashes in place does (a folder maps the file in a helper process, so
+    a disk error or a truncation, which raises SIGBUS in a mapped file, kills the
+    helper and not this server); others are read, the next chunk while this one is
+    hashed (:func:`tiers.read_ahead`).
     """
-    hasher = blake3.blake3(key=key, max_threads=blake3.blake3.AUTO)
+    tier = holding_tier(node)
     stored = held_key(caller.name, BLOB, address)
     try:
-        with holding_tier(node).open(stored) as stream:
+        if isinstance(tier, HashingTier):
+            return tier.hash_object(stored, keyed=key)[0]
+        hasher = blake3.blake3(key=key, max_threads=blake3.blake3.AUTO)
+        with tier.open(stored) as stream:
             for chunk in read_ahead(stream):
                 hasher.update(chunk)
     except ObjectNotFound:

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeGuard, cast
 
 import blake3
 import zstandard
@@ -38,7 +38,7 @@ from archive.catalog import models
 from archive.catalog.models import Codec
 from fixity.levels import Level as Level
 from fixity.ratelimit import UNLIMITED, ByteRate
-from tiers import CHUNK_SIZE, NeedsRestore, ObjectNotFound, Tier, TierError, read_ahead
+from tiers import CHUNK_SIZE, HashingTier, NeedsRestore, ObjectNotFound, Tier, TierError, read_ahead
 
 
 class Finding(enum.StrEnum):
@@ -119,8 +119,11 @@ def check(tier: Tier, target: Target, level: Level, *, rate: ByteRate = UNLIMITE
             )
         return CheckResult(Finding.OK, level, provider_checksum=provider)
     try:
-        with tier.open(target.key) as raw:
-            result = _read_and_prove(raw, target, level, rate)
+        if _hashes_in_place(tier, target, level, rate):
+            result = _hash_in_place(tier, target, level)
+        else:
+            with tier.open(target.key) as raw:
+                result = _read_and_prove(raw, target, level, rate)
     except ObjectNotFound:
         return CheckResult(Finding.MISSING, level, detail=f"{target.key}: no such object")
     except NeedsRestore as exc:
@@ -132,6 +135,24 @@ def check(tier: Tier, target: Target, level: Level, *, rate: ByteRate = UNLIMITE
     return CheckResult(
         result.finding, level, result.bytes_read, result.detail, provider, result.bad_members
     )
+
+
+def _hashes_in_place(
+    tier: Tier, target: Target, level: Level, rate: ByteRate
+) -> TypeGuard[HashingTier]:
+    """A stored-level check of one object, with no rate to pace the reads, on a tier
+    that hashes where the bytes are (a local folder maps the file, as ``b3sum`` does)."""
+    return (
+        level == Level.STORED
+        and target.kind != "pack"
+        and rate.rate <= 0
+        and isinstance(tier, HashingTier)
+    )
+
+
+def _hash_in_place(tier: HashingTier, target: Target, level: Level) -> CheckResult:
+    digest, size = tier.hash_object(target.key)
+    return _stored_result(digest, size, target, level)
 
 
 def _read_and_prove(raw: BinaryIO, target: Target, level: Level, rate: ByteRate) -> CheckResult:
@@ -154,6 +175,10 @@ def _read_and_prove(raw: BinaryIO, target: Target, level: Level, rate: ByteRate)
             problem = f"blake3: expected {blob.b3}, found {found}"
         return _result(problem, level, reader.size)
     digest, size = hash_stream(raw, rate, expected_size=target.stored_size)
+    return _stored_result(digest, size, target, level)
+
+
+def _stored_result(digest: str, size: int, target: Target, level: Level) -> CheckResult:
     problem = None
     if target.stored_size is not None and size != target.stored_size:
         problem = f"stored size: expected {target.stored_size}, found {size}"

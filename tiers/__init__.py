@@ -13,6 +13,7 @@ from typing import Any
 from tiers.base import (
     CHUNK_SIZE,
     ColdTier,
+    HashingTier,
     ObjectInfo,
     ProvingTier,
     RestoreState,
@@ -38,6 +39,7 @@ __all__ = [
     "CHUNK_SIZE",
     "ColdTier",
     "DigestMismatch",
+    "HashingTier",
     "NeedsRestore",
     "ObjectExists",
     "ObjectInfo",

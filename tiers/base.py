@@ -243,6 +243,23 @@ class ColdTier(Tier, Protocol):
 
 
 @runtime_checkable
+class HashingTier(Tier, Protocol):
+    """A tier that hashes a stored object where its bytes are, faster than reading
+    them out through :meth:`Tier.open` (a local folder hashes a file in place)."""
+
+    def hash_object(self, key: str, *, keyed: bytes | None = None) -> tuple[str, int]:
+        """BLAKE3 of the object's bytes (keyed BLAKE3, ``blake3(key=keyed)``, when
+        ``keyed`` is given) and their count.
+
+        Raises:
+            ObjectNotFound: no such key.
+            NeedsRestore: a cold object that is not restored.
+            TierError: the bytes could not be read.
+        """
+        ...
+
+
+@runtime_checkable
 class ProvingTier(Tier, Protocol):
     """A tier whose holder proves possession without sending the bytes back (a partner
     node, issue 5): it answers the keyed BLAKE3 of what it stores under a fresh key we
