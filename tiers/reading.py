@@ -4,11 +4,12 @@ Hashing an object that sits in the page cache is about as costly as copying it o
 (``read``): done one after the other, the copy doubles the time. :func:`read_ahead`
 reads the next chunk on a second thread while the caller hashes the current one.
 
-Files are read, never memory-mapped, by the processes that audit and prove copies:
-a mapped file that is truncated, or whose disk fails a read, raises ``SIGBUS`` and
-kills the whole process (an auditor, or the server answering a partner), where a
-``read`` raises an ``OSError`` that becomes a tier error. Meeting damaged files is
-precisely the job of those processes.
+The processes that audit and prove copies never map a file themselves: a mapped file
+that is truncated, or whose disk fails a read, raises ``SIGBUS`` and kills the whole
+process (an auditor, or the server answering a partner), where a ``read`` raises an
+``OSError`` that becomes a tier error. Meeting damaged files is precisely the job of
+those processes. A folder tier maps files in a helper process instead
+(:mod:`tiers.mapped`), and falls back to this reading when the helper dies.
 """
 
 from __future__ import annotations
