@@ -289,16 +289,41 @@ async def get_inventory(
     after: Annotated[str, Query(max_length=400, description="`kind:name` of the last seen")] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     kind: Annotated[str | None, Query(pattern="^(blob|manifest)$")] = None,
+    state: Annotated[
+        str | None, Query(pattern="^bad$", description="`bad`: only what our audit found bad")
+    ] = None,
 ) -> dict[str, Any]:
-    """What we hold for the caller, in ``kind:name`` order; pass ``next`` as ``after``."""
+    """What we hold for the caller, in ``kind:name`` order; pass ``next`` as ``after``.
+
+    Each object carries the state our own audit of it left (``present``, ``damaged``,
+    ``missing``) and when it was last verified; ``state=bad`` lists only the damaged and
+    missing ones, so the caller learns of them before its next proof would.
+    """
     node = node_of(request)
 
     def page() -> dict[str, Any]:
         with node.session() as session:
             rows = inventory(
-                caller.partner_id, kind=kind, after=after, limit=limit, session=session
+                caller.partner_id,
+                kind=kind,
+                after=after,
+                limit=limit,
+                session=session,
+                bad_only=state == "bad",
             )
-            objects = [{"kind": r.kind, "name": r.name, "size": r.size, "b3": r.b3} for r in rows]
+            objects = [
+                {
+                    "kind": r.kind,
+                    "name": r.name,
+                    "size": r.size,
+                    "b3": r.b3,
+                    "state": r.state,
+                    "last_verified_at": (
+                        r.last_verified_at.isoformat() if r.last_verified_at else None
+                    ),
+                }
+                for r in rows
+            ]
         last = objects[-1] if len(objects) == limit else None
         return {"objects": objects, "next": f"{last['kind']}:{last['name']}" if last else None}
 

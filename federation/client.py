@@ -161,13 +161,18 @@ class FederationClient:
     def get_manifest(self, name: str) -> bytes:
         return self.send(self.build("GET", f"/manifests/{name}"), key=name).content
 
-    def inventory(self, *, kind: str | None = None, page: int = 1000) -> Iterator[dict[str, Any]]:
-        """Everything the partner holds for us, page by page."""
+    def inventory(
+        self, *, kind: str | None = None, page: int = 1000, bad_only: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Everything the partner holds for us, page by page (``bad_only``: what the
+        partner's own audits found damaged or missing)."""
         after = ""
         while True:
             params: dict[str, Any] = {"after": after, "limit": page}
             if kind:
                 params["kind"] = kind
+            if bad_only:
+                params["state"] = "bad"
             answer = self.send(self.build("GET", "/inventory", params=params)).json()
             yield from answer["objects"]
             if not answer["next"]:

@@ -139,13 +139,22 @@ def forget_held(partner_id: int, kind: str, name: str, *, session: Session) -> b
 
 
 def inventory(
-    partner_id: int, *, kind: str | None, after: str, limit: int, session: Session
+    partner_id: int,
+    *,
+    kind: str | None,
+    after: str,
+    limit: int,
+    session: Session,
+    bad_only: bool = False,
 ) -> Sequence[models.HeldObject]:
-    """Objects held for the partner in name order, after ``after`` (keyset pagination)."""
+    """Objects held for the partner in name order, after ``after`` (keyset pagination);
+    with ``bad_only``, those our own audit found damaged or missing (``fixity.held``)."""
     H = models.HeldObject
     stmt = select(H).where(col(H.partner_id) == partner_id)
     if kind is not None:
         stmt = stmt.where(col(H.kind) == kind)
+    if bad_only:
+        stmt = stmt.where(col(H.state).in_([ReplicaState.DAMAGED, ReplicaState.MISSING]))
     stmt = stmt.where(sa.tuple_(col(H.kind), col(H.name)) > sa.tuple_(*_cursor(after)))
     return session.exec(stmt.order_by(col(H.kind), col(H.name)).limit(limit)).all()
 

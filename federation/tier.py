@@ -21,6 +21,7 @@ address and digest in its signed headers, before the body.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import io
@@ -40,7 +41,7 @@ from archive.errors import ConfigError
 from archive.identity import load_node_key
 from archive.packs import blob_key
 from federation.client import FederationClient, PartnerRefused
-from federation.partners import MANIFEST_NAME
+from federation.partners import ADDRESS, MANIFEST_NAME
 from federation.sealing import SealBroken, Sealer, load_collection_key, plain_size
 from tiers import (
     CHUNK_SIZE,
@@ -211,6 +212,17 @@ class FederationTier:
             batch = names[start : start + PROOF_BATCH]
             answers.update(self.client.prove(challenge, batch))
         return {key: answers.get(address) for address, key in addresses.items()}
+
+    def reported_damage(self) -> builtins.list[str]:
+        """Keys of the copies the partner's own audits found damaged or missing."""
+        keys: builtins.list[str] = []
+        for item in self.client.inventory(bad_only=True):
+            kind, name = item.get("kind"), item.get("name")
+            if kind == "blob" and isinstance(name, str) and ADDRESS.match(name):
+                keys.append(blob_key(name))
+            elif kind == "manifest" and isinstance(name, str) and MANIFEST_NAME.match(name):
+                keys.append(f"manifests/{name}")
+        return keys
 
     def expected_proof(self, stored: Iterable[bytes], *, stored_b3: str, challenge: bytes) -> str:
         hasher = blake3.blake3(key=challenge, max_threads=blake3.blake3.AUTO)

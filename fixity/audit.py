@@ -33,7 +33,7 @@ from fixity.checks import CheckResult, Finding, Level, Member, Target, check, ev
 from fixity.held import audit_held
 from fixity.manifest_copies import audit_manifest_copies
 from fixity.manifests import audit_manifests
-from fixity.proofs import audit_by_proof
+from fixity.proofs import audit_by_proof, bring_reported_damage_forward
 from fixity.ratelimit import ByteRate
 from fixity.report import AuditReport, record_daily_summary
 from fixity.schedule import (
@@ -128,6 +128,8 @@ class Auditor:
                 report.tier_skipped(tier, "backing off after the tier was unreachable")
                 continue
             limit = self.node.settings.audit_batch if left is None else left
+            if isinstance(self.node.tiers[tier], ProvingTier):
+                bring_reported_damage_forward(self, tier, ids[tier], now=utcnow())
             with self.node.session() as session:
                 claimed_at = utcnow()
                 claims = claim_due(

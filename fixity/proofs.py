@@ -12,16 +12,28 @@ partner's copy is read back and hashed instead, as for any other tier.
 No answer for a copy: missing. A wrong answer: damaged. Either is asked once more
 with another fresh key before it counts, like every failed audit. A partner that
 does not answer at all is unreachable: nothing about its copies changes.
+
+A partner also audits what it holds on its own schedule (``fixity.held``) and lists
+what it found bad. Each pass asks for that list first and makes those copies due
+(:func:`bring_reported_damage_forward`): they are proven in the same pass and repaired
+after, instead of at their next scheduled audit, months later. The list is only a
+hint: a copy is marked bad by our own proof, never by the partner's word.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import blake3
+import sqlalchemy as sa
+from sqlmodel import col
 
+from archive.catalog import models
+from archive.catalog.models import ReplicaState
 from archive.retrieval import locate, read_stored
 from fixity.checks import CheckResult, Finding, Level, Target, check
 from fixity.schedule import AuditClaim
@@ -33,6 +45,63 @@ if TYPE_CHECKING:
 
 BATCH = 256
 PROOF = "proof of possession"
+
+log = logging.getLogger(__name__)
+
+
+def bring_reported_damage_forward(
+    auditor: Auditor, tier_name: str, tier_id: int, *, now: dt.datetime
+) -> int:
+    """Make the copies the partner reports damaged or missing due now; how many.
+
+    Only present copies not claimed by an audit are touched: one found bad already
+    waits for repair, and a claimed one is being audited. A manifest copy's
+    ``next_audit_at`` doubles as its lease, so only a schedule later than a lease can
+    last is brought forward.
+    """
+    tier = auditor.node.tiers[tier_name]
+    assert isinstance(tier, ProvingTier)
+    try:
+        keys = tier.reported_damage()
+    except TierError:
+        return 0  # the proofs of this pass find the partner unreachable, or not
+    if not keys:
+        return 0
+    R, M = models.Replica, models.ManifestCopy
+    moved = 0
+    with auditor.node.session() as session:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            replicas = session.execute(
+                sa.update(R)
+                .where(
+                    col(R.tier_id) == tier_id,
+                    col(R.key).in_(chunk),
+                    col(R.state) == ReplicaState.PRESENT,
+                    col(R.lease_owner).is_(None),
+                    col(R.next_audit_at) > now,
+                )
+                .values(next_audit_at=now, updated_at=now)
+            )
+            manifests = session.execute(
+                sa.update(M)
+                .where(
+                    col(M.tier_id) == tier_id,
+                    col(M.key).in_(chunk),
+                    col(M.state) == ReplicaState.PRESENT,
+                    col(M.next_audit_at) > now + auditor.lease,
+                )
+                .values(next_audit_at=now, updated_at=now)
+            )
+            moved += replicas.rowcount + manifests.rowcount  # type: ignore[attr-defined]
+    if moved:
+        log.warning(
+            "partner tier %s reports %d copies damaged or missing: %d proven in this pass",
+            tier_name,
+            len(keys),
+            moved,
+        )
+    return moved
 
 
 def audit_by_proof(

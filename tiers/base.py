@@ -284,6 +284,16 @@ class ProvingTier(Tier, Protocol):
         """
         ...
 
+    def reported_damage(self) -> list[str]:
+        """Keys of the copies the holder's own audits found damaged or missing, which it
+        reports so that we prove them now rather than at their next scheduled audit (a
+        report is a hint, never a verdict: only our proof marks a copy bad).
+
+        Raises:
+            TierUnavailable: the holder did not answer.
+        """
+        ...
+
     def expected_proof(self, stored: Iterable[bytes], *, stored_b3: str, challenge: bytes) -> str:
         """What :meth:`prove` must answer for a copy of ``stored`` (the bytes we hold,
         whose BLAKE3 is ``stored_b3``), as this tier sends them (sealed or not)."""

@@ -4,6 +4,7 @@ partner audits what it holds for home itself (fixity.held)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,67 @@ def test_home_finds_the_same_rot_by_proof_and_its_repair_heals_the_partner(
     assert blake3.blake3(rotten.read_bytes()).hexdigest() == victim.stored_b3
     assert held_rows(pair)[("blob", victim.stored_b3)].state == ReplicaState.PRESENT
     assert Auditor(pair.partner.node, owner="partner-auditor").audit_pass(options).clean
+
+
+@pytest.mark.parametrize("harm", ["rotten", "deleted"])
+def test_what_the_partner_finds_bad_is_proven_by_homes_next_scheduled_pass(
+    make_pair: PairFactory, tmp_path: Path, harm: str
+) -> None:
+    pair = replicated_pair(make_pair(), tmp_path / "src")
+    send_manifests(pair)
+    scheduled = AuditOptions(tiers=["partner"], samples=False)  # what is due, as a worker runs
+    home = Auditor(pair.engine, owner="home-auditor")
+    home.audit_pass(scheduled)  # schedules every copy at the partner over its interval
+    later = models.utcnow() + dt.timedelta(days=30)
+    with pair.engine.session() as session:  # none due for a month: only a report can move one
+        session.execute(sa.update(models.Replica).values(next_audit_at=later))
+        session.execute(sa.update(models.ManifestCopy).values(next_audit_at=later))
+    assert home.audit_pass(scheduled).checked == 0
+
+    victim = next(b for b in blobs(pair).values() if b.size == len(FILES["noise.bin"]))
+    held = pair.partner.hot_path / "partners" / "home" / blob_key(victim.stored_b3)
+    good = held.read_bytes()
+    if harm == "deleted":
+        held.unlink()
+    else:
+        held.write_bytes(good[:5] + bytes([good[5] ^ 0x01]) + good[6:])
+    own = AuditOptions(tiers=["hot"], due_only=False, samples=False)
+    assert Auditor(pair.partner.node, owner="partner-auditor").audit_pass(own).damage_found == 1
+    found = ReplicaState.MISSING if harm == "deleted" else ReplicaState.DAMAGED
+    assert held_rows(pair)[("blob", victim.stored_b3)].state == found
+
+    report = home.audit_pass(scheduled)
+    assert (report.checked, report.damage_found) == (1, 1)  # that copy, proven now
+    assert state_of(pair, victim.b3) == found
+    others = [b3 for b3 in blobs(pair) if b3 != victim.b3]
+    assert all(state_of(pair, b3) == ReplicaState.PRESENT for b3 in others)
+    outcomes = Repairer(pair.engine, owner="repairer").repair_pass()
+    assert [(o.tier, o.result) for o in outcomes] == [("partner", "repaired")]
+    assert held.read_bytes() == good
+    assert held_rows(pair)[("blob", victim.stored_b3)].state == ReplicaState.PRESENT
+    assert home.audit_pass(scheduled).checked == 0  # nothing reported any more
+
+
+def test_a_partners_report_alone_marks_nothing_bad(make_pair: PairFactory, tmp_path: Path) -> None:
+    """A partner that reports a copy it still holds intact gets that copy proven early,
+    and the proof, not the report, decides: the copy stays present."""
+    pair = replicated_pair(make_pair(), tmp_path / "src")
+    scheduled = AuditOptions(tiers=["partner"], samples=False, manifests=False)
+    home = Auditor(pair.engine, owner="home-auditor")
+    home.audit_pass(scheduled)
+    later = models.utcnow() + dt.timedelta(days=30)
+    with pair.engine.session() as session:
+        session.execute(sa.update(models.Replica).values(next_audit_at=later))
+    victim = next(iter(blobs(pair).values()))
+    with pair.partner.node.session() as session:  # a false report: the bytes are intact
+        session.execute(
+            sa.update(models.HeldObject)
+            .where(col(models.HeldObject.name) == victim.stored_b3)
+            .values(state=ReplicaState.DAMAGED)
+        )
+    report = home.audit_pass(scheduled)
+    assert (report.checked, report.damage_found) == (1, 0)
+    assert state_of(pair, victim.b3) == ReplicaState.PRESENT
 
 
 def test_the_manifest_copies_sent_before_0006_are_known_from_their_events(
