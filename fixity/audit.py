@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -198,6 +201,8 @@ class Auditor:
             pending = [c for c in pending if c.blob_b3 is None]
             done = audit_by_proof(self, tier, loose, report)
 
+        recorder = _Recorder(self, tier, report, sampled=sampled)
+
         def audit_one(claim: AuditClaim) -> int:
             if not self.usable(tier):  # the tier failed meanwhile: leave the rest for later
                 self._release([claim], delay=0.0)
@@ -206,15 +211,17 @@ class Auditor:
             target = self._target(claim)
             if target is None:  # the row vanished (e.g. the copy was dropped meanwhile)
                 return 0
-            result = self.check_twice(tier, target, level)
-            self._record(tier, claim, target, result, report, sampled=sampled)
+            recorder.add(claim, target, self.check_twice(tier, target, level))
             return 1
 
         threads = min(self.node.settings.audit_threads, len(pending))
-        if threads <= 1:
-            return done + sum(audit_one(claim) for claim in pending)
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit") as pool:
-            return done + sum(pool.map(audit_one, pending))
+        try:
+            if threads <= 1:
+                return done + sum(audit_one(claim) for claim in pending)
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit") as pool:
+                return done + sum(pool.map(audit_one, pending))
+        finally:
+            recorder.flush()
 
     def check_twice(self, tier: str, target: Target, level: Level) -> CheckResult:
         """A failed check is repeated once with a fresh read before it counts."""
@@ -301,7 +308,10 @@ class Auditor:
         report: AuditReport,
         *,
         sampled: bool,
+        session: Session | None = None,
     ) -> None:
+        """Write down one copy's result: its row, its event (in ``session`` when given,
+        else in a transaction of its own)."""
         now = utcnow()
         R = models.Replica
         mine = sa.and_(col(R.id) == claim.replica_id, col(R.lease_owner) == self.owner)
@@ -309,7 +319,7 @@ class Auditor:
         if result.finding in (Finding.UNREACHABLE, Finding.NEEDS_RESTORE):
             delay = self.back_off(tier, claim.failures + 1)
             report.unreachable_copy(tier, result.detail, sampled=sampled)
-            with self.node.session() as session:
+            with self._in(session) as session:
                 if result.finding == Finding.UNREACHABLE:
                     mark_unreachable(tier, now, session=session)
                 values: dict[str, object] = {
@@ -322,7 +332,7 @@ class Auditor:
                     values["next_audit_at"] = now + dt.timedelta(seconds=delay)
                 session.execute(sa.update(R).where(mine).values(**values))
             return
-        with self.node.session() as session:
+        with self._in(session) as session:
             if result.ok:
                 values = {
                     "state": ReplicaState.PRESENT,
@@ -374,6 +384,14 @@ class Auditor:
                 )
             )
         report.copy_checked(tier, target, result)
+
+    @contextmanager
+    def _in(self, session: Session | None) -> Iterator[Session]:
+        if session is not None:
+            yield session
+            return
+        with self.node.session() as own:
+            yield own
 
     def _release(self, claims: Iterable[AuditClaim], *, delay: float) -> None:
         now = utcnow()
@@ -465,3 +483,54 @@ def pack_target(
         members=members,
         provider_checksum=provider_checksum,
     )
+
+
+class _Recorder:
+    """Results of one tier's copies, written in groups of up to :attr:`size` copies or
+    :attr:`seconds` of audits, one transaction each: a commit (a WAL sync on SQLite)
+    costs as much as the statements of a record. A crash loses at most one group,
+    whose leases then run out, so those copies are audited again."""
+
+    size = 64
+    seconds = 1.0
+
+    def __init__(self, auditor: Auditor, tier: str, report: AuditReport, *, sampled: bool) -> None:
+        self.auditor = auditor
+        self.tier = tier
+        self.report = report
+        self.sampled = sampled
+        self._lock = threading.Lock()
+        self._pending: list[tuple[AuditClaim, Target, CheckResult]] = []
+        self._since = time.monotonic()
+
+    def add(self, claim: AuditClaim, target: Target, result: CheckResult) -> None:
+        with self._lock:
+            if not self._pending:
+                self._since = time.monotonic()
+            self._pending.append((claim, target, result))
+            if (
+                len(self._pending) >= self.size
+                or time.monotonic() - self._since >= self.seconds
+                or result.finding in (Finding.UNREACHABLE, Finding.NEEDS_RESTORE)
+            ):  # an unreachable tier is known (backoff) before the next copy is tried
+                self._write()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        with self.auditor.node.session() as session:
+            for claim, target, result in pending:
+                self.auditor._record(
+                    self.tier,
+                    claim,
+                    target,
+                    result,
+                    self.report,
+                    sampled=self.sampled,
+                    session=session,
+                )

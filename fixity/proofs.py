@@ -118,9 +118,13 @@ def audit_by_proof(
         failed = [t for _, t in targets if results[t.key].is_damage]
         if failed:  # a fresh key and a fresh read before anything is called damage
             results.update(_prove(auditor, tier, failed))
-        for claim, target in targets:
-            auditor._record(tier_name, claim, target, results[target.key], report, sampled=False)
-            done += 1
+        with auditor.node.session() as session:  # one transaction for the batch's results
+            for claim, target in targets:
+                result = results[target.key]
+                auditor._record(
+                    tier_name, claim, target, result, report, sampled=False, session=session
+                )
+                done += 1
     return done
 
 
