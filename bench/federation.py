@@ -30,6 +30,7 @@ reported too, with its ratio, and the load average before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -77,10 +78,20 @@ def cpu_seconds() -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children (``/proc/<pid>/stat``)."""
+    """User + system CPU of a process, its reaped children (``/proc/<pid>/stat``) and
+    its live ones (the hashing helpers of ``tiers.mapped``), recursively."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(f) for f in fields[11:15]) / ticks
+    total = sum(int(f) for f in fields[11:15]) / ticks
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # the thread ended
+        for child in children:
+            with contextlib.suppress(FileNotFoundError):
+                total += process_cpu_seconds(int(child))
+    return total
 
 
 def free_port() -> int:
