@@ -39,6 +39,37 @@ AGENT = "permafrost/ingest"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def _is_present() -> sa.ColumnElement[bool]:
+    # The state test is an expression, not the bare column, so that no index on state
+    # can serve it: SQLite took ix_replica_state_next_audit and walked every present
+    # replica for each batch of addresses (0.31 s for 20,000 addresses among 20,000
+    # present copies, against 0.09 s looking the addresses up).
+    return sa.func.coalesce(col(models.Replica.state), "") == ReplicaState.PRESENT
+
+
+def present_blob_digests(b3s: Iterable[str], *, session: Session) -> dict[str, tuple[str, int]]:
+    """SHA-256 and size of each of these blobs that has a present copy (loose or
+    packed), in one query per 900 addresses."""
+    wanted = sorted(set(b3s))
+    R, M, B = models.Replica, models.PackMember, models.Blob
+    is_present = _is_present()
+    found: dict[str, tuple[str, int]] = {}
+    for i in range(0, len(wanted), 900):
+        loose = sa.exists().where(col(R.blob_b3) == col(B.b3), is_present)
+        packed = (
+            sa.exists()
+            .where(col(M.blob_b3) == col(B.b3), col(R.pack_id) == col(M.pack_id))
+            .where(is_present)
+        )
+        rows = session.execute(
+            sa.select(col(B.b3), col(B.sha256), col(B.size)).where(
+                col(B.b3).in_(wanted[i : i + 900]), sa.or_(loose, packed)
+            )
+        )
+        found.update({b3: (sha256, size) for b3, sha256, size in rows})
+    return found
+
+
 def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
     """Which of these addresses have at least one present copy (loose or packed).
 
@@ -47,11 +78,7 @@ def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
     """
     wanted = sorted(set(b3s))
     present: set[str] = set()
-    # The state test is an expression, not the bare column, so that no index on state
-    # can serve it: SQLite took ix_replica_state_next_audit and walked every present
-    # replica for each batch of addresses (0.31 s for 20,000 addresses among 20,000
-    # present copies, against 0.09 s looking the addresses up).
-    is_present = sa.func.coalesce(col(models.Replica.state), "") == ReplicaState.PRESENT
+    is_present = _is_present()
     for i in range(0, len(wanted), 900):
         batch = wanted[i : i + 900]
         loose = select(models.Replica.blob_b3).where(

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from archive.blobstore import present_blobs
+from archive.blobstore import present_blob_digests, present_blobs
 from archive.catalog import models
 from archive.catalog.bulk import insert_all
 from archive.catalog.models import EventOutcome, EventType, utcnow
@@ -253,18 +253,10 @@ def _manifest_entries(entries: Sequence[NewEntry], *, session: Session) -> list[
         MissingBlobs: an entry names content the archive does not hold.
         InvalidInput: a claimed SHA-256 or size differs from the stored blob's.
     """
-    missing = blobs_missing([e.b3 for e in entries], session=session)
+    known = present_blob_digests((e.b3 for e in entries), session=session)
+    missing = sorted({e.b3 for e in entries} - known.keys())
     if missing:
         raise MissingBlobs(missing)
-    wanted = sorted({e.b3 for e in entries})
-    known: dict[str, tuple[str, int]] = {}
-    for i in range(0, len(wanted), 900):
-        rows = session.exec(
-            select(models.Blob.b3, models.Blob.sha256, models.Blob.size).where(
-                col(models.Blob.b3).in_(wanted[i : i + 900])
-            )
-        ).all()
-        known.update({b3: (sha, size) for b3, sha, size in rows})
     out: list[ManifestEntry] = []
     for e in entries:
         sha256, size = known[e.b3]
