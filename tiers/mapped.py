@@ -137,6 +137,7 @@ class _Helpers:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.idle: list[_Helper] = []
+        self.inherited: list[_Helper] = []  # a forked child's copies of its parent's helpers
         self.broken = False  # a helper exited before its first answer: mapping is off
 
     def take(self) -> _Helper:
@@ -172,6 +173,9 @@ class _Helpers:
         self.lock = threading.Lock()
         for helper in self.idle:
             helper.channel.close()  # the parent's: close our copy of the descriptor only
+        # Kept, never waited for: they are the parent's children, and a Popen dropped
+        # while its process runs warns (ResourceWarning) in this child.
+        self.inherited.extend(self.idle)
         self.idle = []
         self.broken = False
 

@@ -4,6 +4,7 @@ file, costs a read, never a wrong answer or the caller's life."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -130,3 +131,34 @@ def test_a_cold_object_is_hashed_only_once_restored(tmp_path: Path, large: bytes
         tier.hash_object("blobs/cold")
     tier.restore("blobs/cold", days=1)
     assert tier.hash_object("blobs/cold") == (digest(large), LARGE)
+
+
+def test_a_forked_child_starts_helpers_of_its_own(tmp_path: Path, large: bytes) -> None:
+    """A child forked while helpers are idle must not talk to its parent's helpers
+    (their answers would go to whichever process reads first)."""
+    path = tmp_path / "object"
+    path.write_bytes(large)
+    with path.open("rb") as file:
+        assert hash_mapped(file.fileno(), LARGE) == digest(large)
+    parents = idle_helper_pids()
+    assert parents
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report its helpers' pids and its digest, then leave at once
+        try:
+            os.close(read_end)
+            inherited = idle_helper_pids()
+            with path.open("rb") as file:
+                found = hash_mapped(file.fileno(), LARGE)
+            mine = idle_helper_pids()
+            os.write(write_end, json.dumps([inherited, mine, found]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        inherited, mine, found = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    assert inherited == []
+    assert found == digest(large)
+    assert mine and not set(parents) & set(mine)
+    assert idle_helper_pids() == parents, "the parent's helpers are untouched"
