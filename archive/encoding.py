@@ -25,10 +25,9 @@ import blake3
 import zstandard
 
 from archive.catalog.models import Codec
+from archive.encode_worker import encode_content, pays, small_compressor
 from tiers import Upload
 
-#: Compression that saves less than this fraction is not worth a decode on every read.
-MAX_STORED_RATIO = 0.97
 CHUNK = 4 * 1024 * 1024
 IN_FLIGHT = 4
 
@@ -49,18 +48,12 @@ class BlobDigest:
     codec: str
 
 
-def pays(original_size: int, stored_size: int) -> bool:
-    return stored_size <= original_size * MAX_STORED_RATIO
-
-
 class Encoder:
     """Compresses and hashes content; one per thread (zstd contexts are not thread-safe)."""
 
     def __init__(self, level: int = 3, threads: int = 0) -> None:
         self.level = level
-        self._small = zstandard.ZstdCompressor(
-            level=level, write_checksum=True, write_content_size=True
-        )
+        self._small = small_compressor(level)
         # Jobs of 16 MiB: zstd's default for level 3 is smaller, and with two workers the
         # extra synchronisation cost 9% more CPU than single-threaded compression.
         params = zstandard.ZstdCompressionParameters.from_level(
@@ -74,14 +67,8 @@ class Encoder:
 
     def encode_bytes(self, data: bytes) -> tuple[BlobDigest, bytes]:
         """Encode content held in memory (small files); returns the digest and stored bytes."""
-        b3 = blake3.blake3(data).hexdigest()
-        sha256 = hashlib.sha256(data).hexdigest()
-        compressed = self._small.compress(data)
-        if pays(len(data), len(compressed)):
-            stored, codec, stored_b3 = compressed, Codec.ZSTD, blake3.blake3(compressed).hexdigest()
-        else:
-            stored, codec, stored_b3 = data, Codec.RAW, b3
-        return BlobDigest(b3, sha256, len(data), len(stored), stored_b3, codec), stored
+        digests, stored = encode_content(self._small, data)
+        return BlobDigest(*digests), stored
 
     def looks_compressible(self, sample: bytes) -> bool:
         """Trial-compress a sample; incompressible data is stored raw without a full pass."""

@@ -1,0 +1,163 @@
+"""Small files encoded in worker processes (archive.encode_pool) store exactly what the
+thread path stores; a worker that dies fails the ingest cleanly, and workers that
+cannot start leave the work to threads."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from archive import ingest as ingest_module
+from archive.catalog import models
+from archive.config import LocalTierConfig, Settings
+from archive.encode_pool import EncoderPool, WorkerDied
+from archive.encode_worker import Encoded, encode_files
+from archive.encoding import BlobDigest, Encoder
+from archive.ingest import PROCESSES_FROM, ingest_tree
+from archive.node import ArchiveNode
+from archive.refs import parse_ref
+
+FILES = PROCESSES_FROM + 200
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small files above the process threshold: text that compresses, random that does not."""
+    root = tmp_path_factory.mktemp("small")
+    rng = random.Random(7)
+    for i in range(FILES):
+        folder = root / f"d{i % 13:02d}"
+        folder.mkdir(exist_ok=True)
+        size = rng.randint(0, 6000)
+        data = (
+            rng.randbytes(size)
+            if i % 3 == 0
+            else (f"row {i},{rng.random():.6f}\n" * (size // 20 + 1)).encode()[:size]
+        )
+        (folder / f"f{i:05d}.dat").write_bytes(data)
+    return root
+
+
+def open_node(root: Path) -> ArchiveNode:
+    settings = Settings(
+        data_dir=root,
+        tiers={"hot": LocalTierConfig(path=root / "hot", role="hot", fsync=False)},
+    )
+    return ArchiveNode.open(settings)
+
+
+def catalog(node: ArchiveNode) -> dict[str, Any]:
+    with node.session() as session:
+        return {
+            "entries": sorted(
+                (e.path, e.blob_b3) for e in session.exec(select(models.Entry)).all()
+            ),
+            "blobs": sorted(
+                (b.b3, b.sha256, b.size, b.stored_size, b.stored_b3, b.codec)
+                for b in session.exec(select(models.Blob)).all()
+            ),
+            "packs": sorted(p.id for p in session.exec(select(models.Pack)).all()),
+        }
+
+
+class CountingPool(EncoderPool):
+    started: list[EncoderPool] = []
+
+    def __init__(self, workers: int, level: int) -> None:
+        super().__init__(workers, level)
+        CountingPool.started.append(self)
+
+
+def test_processes_store_what_threads_store(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    CountingPool.started = []
+    monkeypatch.setattr(ingest_module, "EncoderPool", CountingPool)
+    in_processes = open_node(tmp_path / "processes")
+    report = ingest_tree(in_processes, tree, parse_ref("lab/small"))
+    assert report.files == FILES and len(CountingPool.started) == 1
+
+    monkeypatch.setattr(ingest_module, "PROCESSES_FROM", FILES + 1)
+    on_threads = open_node(tmp_path / "threads")
+    ingest_tree(on_threads, tree, parse_ref("lab/small"))
+    assert len(CountingPool.started) == 1, "the second ingest ran on threads"
+
+    processes, threads = catalog(in_processes), catalog(on_threads)
+    assert len(processes["entries"]) == FILES and processes["packs"]
+    assert processes == threads  # same blobs, same digests, packs byte for byte
+    for node in (in_processes, on_threads):
+        node.close()
+
+
+def test_encode_files_reports_what_it_cannot_encode(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.write_bytes(b"hello " * 100)
+    results = encode_files(3, [(str(good), 600), (str(tmp_path / "gone"), 5), (str(good), 601)])
+    digests, stored = results[0]
+    expected, expected_stored = Encoder(3).encode_bytes(good.read_bytes())
+    assert digests is not None and BlobDigest(*digests) == expected
+    assert stored == expected_stored
+    assert results[1] == (None, "No such file or directory")
+    assert results[2] == (None, "file changed while being read")
+
+
+def test_a_killed_worker_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    work = [(i, [(str(path), 100)]) for i in range(6)]
+    with EncoderPool(2, 3) as pool:
+        assert [tag for tag, _ in pool.encode(work[:2])] == [0, 1]
+        os.kill(pool._workers[1].process.pid, signal.SIGKILL)
+        pool._workers[1].process.wait()
+        with pytest.raises(WorkerDied, match="stopped"):
+            list(pool.encode(work))
+
+
+class DyingPool(EncoderPool):
+    """Kills one of its workers once the first groups came back: a crash mid-ingest."""
+
+    def encode(
+        self, groups: Iterable[tuple[Any, list[tuple[str, int]]]], *, in_flight: int = 2
+    ) -> Iterator[tuple[Any, list[Encoded]]]:
+        for count, answer in enumerate(super().encode(groups, in_flight=in_flight)):
+            if count == 2:
+                os.kill(self._workers[0].process.pid, signal.SIGKILL)
+            yield answer
+
+
+def test_a_worker_dying_mid_ingest_fails_it_and_a_rerun_completes(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = open_node(tmp_path / "archive")
+    monkeypatch.setattr(ingest_module, "EncoderPool", DyingPool)
+    with pytest.raises(WorkerDied):
+        ingest_tree(node, tree, parse_ref("lab/small"))
+    with node.session() as session:
+        assert not session.exec(select(models.Version)).all()
+        assert not session.exec(select(models.Entry)).all()
+    staging = tmp_path / "archive" / "hot" / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+    monkeypatch.setattr(ingest_module, "EncoderPool", EncoderPool)
+    report = ingest_tree(node, tree, parse_ref("lab/small"))
+    assert (report.version, report.files) == (1, FILES)
+    node.close()
+
+
+def test_workers_that_cannot_start_leave_the_work_to_threads(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = open_node(tmp_path / "archive")
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker exits at once
+    report = ingest_tree(node, tree, parse_ref("lab/small"))
+    assert (report.version, report.files) == (1, FILES)
+    assert len(catalog(node)["entries"]) == FILES
+    node.close()
