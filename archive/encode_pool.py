@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import socket
-import subprocess
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, TypeVar
 
 from archive.encode_worker import Encoded
+from tiers.child import Child
 
 _Group = TypeVar("_Group")
 
@@ -46,22 +44,10 @@ class WorkerDied(Exception):
 
 class _Worker:
     def __init__(self) -> None:
-        mine, theirs = socket.socketpair()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_SOURCE],
-                stdin=theirs.fileno(),
-                stdout=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        self.channel = mine
-        self.requests: BinaryIO = mine.makefile("wb")
-        self.answers: BinaryIO = mine.makefile("rb")
+        self.child = Child(_WORKER_SOURCE)
+        self.process = self.child.process
+        self.requests: BinaryIO = self.child.channel.makefile("wb")
+        self.answers: BinaryIO = self.child.channel.makefile("rb")
 
     def send(self, level: int, files: list[tuple[str, int]]) -> None:
         try:
@@ -82,12 +68,7 @@ class _Worker:
         for stream in (self.requests, self.answers):
             with contextlib.suppress(OSError):
                 stream.close()
-        self.channel.close()  # the worker reads end-of-file and exits
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.child.close()
 
 
 class EncoderPool:

@@ -24,10 +24,10 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from typing import Any
+
+from tiers.child import Child
 
 __all__ = ["MappingFailed", "hash_mapped"]
 
@@ -83,20 +83,8 @@ class MappingFailed(Exception):
 
 class _Helper:
     def __init__(self) -> None:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-P", "-c", _HELPER_SOURCE],
-                stdin=theirs.fileno(),
-                stdout=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        self.channel = mine
+        self.child = Child(_HELPER_SOURCE, kind=socket.SOCK_SEQPACKET, flags=["-P"])
+        self.process, self.channel = self.child.process, self.child.channel
         self.answered = 0
         self.failed_to_start = False
 
@@ -122,12 +110,7 @@ class _Helper:
         return f"the hashing helper exited ({code})"
 
     def close(self) -> None:
-        self.channel.close()  # the helper reads end-of-file and exits
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.child.close()
 
 
 class _Helpers:
