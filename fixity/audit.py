@@ -19,9 +19,8 @@ import datetime as dt
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -308,10 +307,9 @@ class Auditor:
         report: AuditReport,
         *,
         sampled: bool,
-        session: Session | None = None,
+        session: Session,
     ) -> None:
-        """Write down one copy's result: its row, its event (in ``session`` when given,
-        else in a transaction of its own)."""
+        """Write down one copy's result in ``session``: its row and its event."""
         now = utcnow()
         R = models.Replica
         mine = sa.and_(col(R.id) == claim.replica_id, col(R.lease_owner) == self.owner)
@@ -319,79 +317,67 @@ class Auditor:
         if result.finding in (Finding.UNREACHABLE, Finding.NEEDS_RESTORE):
             delay = self.back_off(tier, claim.failures + 1)
             report.unreachable_copy(tier, result.detail, sampled=sampled)
-            with self._in(session) as session:
-                if result.finding == Finding.UNREACHABLE:
-                    mark_unreachable(tier, now, session=session)
-                values: dict[str, object] = {
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "failures": col(R.failures) + 1,
-                    "updated_at": now,
-                }
-                if not sampled:  # the copy is still due: retry after the backoff
-                    values["next_audit_at"] = now + dt.timedelta(seconds=delay)
-                session.execute(sa.update(R).where(mine).values(**values))
+            if result.finding == Finding.UNREACHABLE:
+                mark_unreachable(tier, now, session=session)
+            values: dict[str, object] = {
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "failures": col(R.failures) + 1,
+                "updated_at": now,
+            }
+            if not sampled:  # the copy is still due: retry after the backoff
+                values["next_audit_at"] = now + dt.timedelta(seconds=delay)
+            session.execute(sa.update(R).where(mine).values(**values))
             return
-        with self._in(session) as session:
-            if result.ok:
-                values = {
-                    "state": ReplicaState.PRESENT,
-                    "last_verified_at": now,
-                    "last_audit_level": result.level,
-                    "audit_count": col(R.audit_count) + 1,
-                    "failures": 0,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "updated_at": now,
-                }
-                if not sampled:
-                    values["next_audit_at"] = next_after_audit(now, interval, self.rng)
-                if result.level != Level.LIGHT:
-                    values["last_read_at"] = now
-                    values["provider_checksum"] = result.provider_checksum
-                elif claim.provider_checksum is None and result.provider_checksum:
-                    values["provider_checksum"] = result.provider_checksum
-            else:
-                state = (
-                    ReplicaState.MISSING
-                    if result.finding == Finding.MISSING
-                    else ReplicaState.DAMAGED
-                )
-                values = {
-                    "state": state,
-                    "last_audit_level": result.level,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "next_audit_at": None,
-                    "updated_at": now,
-                }
-                if result.level != Level.LIGHT:  # the bytes were read (and found bad)
-                    values["last_read_at"] = now
-            changed = session.execute(sa.update(R).where(mine).values(**values))
-            if changed.rowcount == 0:  # type: ignore[attr-defined]
-                return  # our lease ran out and another worker took the copy over
-            mark_reachable(tier, session=session)
-            session.add(
-                models.Event(
-                    type=EventType.FIXITY_CHECK,
-                    object_type=target.kind,
-                    object_id=target.object_id,
-                    tier=tier,
-                    outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                    detail=event_detail(target, result, sampled=sampled),
-                    agent=AGENT,
-                    created_at=now,
-                )
+        if result.ok:
+            values = {
+                "state": ReplicaState.PRESENT,
+                "last_verified_at": now,
+                "last_audit_level": result.level,
+                "audit_count": col(R.audit_count) + 1,
+                "failures": 0,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "updated_at": now,
+            }
+            if not sampled:
+                values["next_audit_at"] = next_after_audit(now, interval, self.rng)
+            if result.level != Level.LIGHT:
+                values["last_read_at"] = now
+                values["provider_checksum"] = result.provider_checksum
+            elif claim.provider_checksum is None and result.provider_checksum:
+                values["provider_checksum"] = result.provider_checksum
+        else:
+            state = (
+                ReplicaState.MISSING if result.finding == Finding.MISSING else ReplicaState.DAMAGED
             )
+            values = {
+                "state": state,
+                "last_audit_level": result.level,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "next_audit_at": None,
+                "updated_at": now,
+            }
+            if result.level != Level.LIGHT:  # the bytes were read (and found bad)
+                values["last_read_at"] = now
+        changed = session.execute(sa.update(R).where(mine).values(**values))
+        if changed.rowcount == 0:  # type: ignore[attr-defined]
+            return  # our lease ran out and another worker took the copy over
+        mark_reachable(tier, session=session)
+        session.add(
+            models.Event(
+                type=EventType.FIXITY_CHECK,
+                object_type=target.kind,
+                object_id=target.object_id,
+                tier=tier,
+                outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
+                detail=event_detail(target, result, sampled=sampled),
+                agent=AGENT,
+                created_at=now,
+            )
+        )
         report.copy_checked(tier, target, result)
-
-    @contextmanager
-    def _in(self, session: Session | None) -> Iterator[Session]:
-        if session is not None:
-            yield session
-            return
-        with self.node.session() as own:
-            yield own
 
     def _release(self, claims: Iterable[AuditClaim], *, delay: float) -> None:
         now = utcnow()
