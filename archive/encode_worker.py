@@ -52,25 +52,23 @@ def encode_content(compressor: zstandard.ZstdCompressor, data: bytes) -> tuple[D
     return (b3, sha256, len(data), len(data), b3, RAW), data
 
 
-def encode_files(
-    level: int, files: list[tuple[str, int]]
-) -> list[tuple[Digests | None, bytes | str]]:
-    """Encode each ``(path, size)``, in order: ``(digests, stored bytes)``, or ``(None,
-    why)`` for a file that cannot be read or no longer has its size (the caller turns
-    that into its error: an exception may not survive the trip back)."""
+def encode_file(compressor: zstandard.ZstdCompressor, path: str, size: int) -> Encoded:
+    """Read and encode one file of ``size`` bytes: ``(digests, stored bytes)``, or
+    ``(None, why)`` when it cannot be read or no longer has that size (the caller turns
+    that into its error: an exception may not survive the trip back from a worker)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(size + 1)
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    if len(data) != size:
+        return None, "file changed while being read"
+    return encode_content(compressor, data)
+
+
+def encode_files(level: int, files: list[tuple[str, int]]) -> list[Encoded]:
+    """:func:`encode_file` for each ``(path, size)``, in order (a worker's one task)."""
     compressor = _compressors.get(level)
     if compressor is None:
         compressor = _compressors[level] = small_compressor(level)
-    out: list[Encoded] = []
-    for path, size in files:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(size + 1)
-        except OSError as exc:
-            out.append((None, exc.strerror or str(exc)))
-            continue
-        if len(data) != size:
-            out.append((None, "file changed while being read"))
-            continue
-        out.append(encode_content(compressor, data))
-    return out
+    return [encode_file(compressor, path, size) for path, size in files]

@@ -25,7 +25,13 @@ import blake3
 import zstandard
 
 from archive.catalog.models import Codec
-from archive.encode_worker import encode_content, pays, small_compressor
+from archive.encode_worker import (
+    Encoded,
+    encode_content,
+    encode_file,
+    pays,
+    small_compressor,
+)
 from tiers import Upload
 
 CHUNK = 4 * 1024 * 1024
@@ -69,6 +75,10 @@ class Encoder:
         """Encode content held in memory (small files); returns the digest and stored bytes."""
         digests, stored = encode_content(self._small, data)
         return BlobDigest(*digests), stored
+
+    def encode_file(self, path: str, size: int) -> Encoded:
+        """Read and encode a small file whole (see :func:`encode_worker.encode_file`)."""
+        return encode_file(self._small, path, size)
 
     def looks_compressible(self, sample: bytes) -> bool:
         """Trial-compress a sample; incompressible data is stored raw without a full pass."""

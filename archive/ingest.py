@@ -129,16 +129,8 @@ class _Ingest:
             self.progress.advanced(files, nbytes)
 
     # -- small files: whole in memory, packed ---------------------------------------
-    def _read_small(self, f: SourceFile) -> tuple[SourceFile, BlobDigest, bytes]:
-        try:
-            with open(f.abspath, "rb") as fh:
-                data = fh.read(f.size + 1)
-        except OSError as exc:
-            raise UnsupportedFile(f.path, exc.strerror or str(exc)) from exc
-        if len(data) != f.size:
-            raise UnsupportedFile(f.path, "file changed while being read")
-        digest, stored = self._encoder().encode_bytes(data)
-        return f, digest, stored
+    def _read_small(self, f: SourceFile) -> _Encoded:
+        return _decoded(f, self._encoder().encode_file(f.abspath, f.size))
 
     def _read_group(self, group: list[SourceFile]) -> list[_Encoded]:
         return [self._read_small(f) for f in group]
