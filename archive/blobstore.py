@@ -70,6 +70,20 @@ def present_blob_digests(b3s: Iterable[str], *, session: Session) -> dict[str, t
     return found
 
 
+def present_packs(pack_ids: Iterable[str], *, session: Session) -> set[str]:
+    """Which of these packs have at least one present copy."""
+    wanted = sorted(set(pack_ids))
+    found: set[str] = set()
+    for i in range(0, len(wanted), 900):
+        rows = session.exec(
+            select(models.Replica.pack_id).where(
+                col(models.Replica.pack_id).in_(wanted[i : i + 900]), _is_present()
+            )
+        )
+        found.update(p for p in rows.all() if p)
+    return found
+
+
 def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
     """Which of these addresses have at least one present copy (loose or packed).
 
@@ -80,7 +94,12 @@ def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
     present: set[str] = set()
     is_present = _is_present()
     for i in range(0, len(wanted), 900):
-        batch = wanted[i : i + 900]
+        # New content first meets the blob table's primary key: an ingest of new files
+        # asks only that (2 us an address), not the joins below (13 us an address).
+        known = select(models.Blob.b3).where(col(models.Blob.b3).in_(wanted[i : i + 900]))
+        batch = list(session.exec(known).all())
+        if not batch:
+            continue
         loose = select(models.Replica.blob_b3).where(
             col(models.Replica.blob_b3).in_(batch), is_present
         )
@@ -146,8 +165,16 @@ def _replica_row(tier_id: int, key: str, now: dt.datetime, **target: str) -> dic
     }
 
 
+def _by_address(digests: Iterable[BlobDigest]) -> list[BlobDigest]:
+    """Digests in address order: rows inserted in index order touch each B-tree page
+    once. SQLite took 0.23 s for 20,000 pack members in pack order (random addresses)
+    and 0.11 s sorted; the blob and event indexes gain likewise."""
+    return sorted(digests, key=lambda d: d.b3)
+
+
 def record_loose(digests: list[BlobDigest], *, tier: str, tier_id: int, session: Session) -> None:
     now = utcnow()
+    digests = _by_address(digests)
     insert_ignore(session, models.Blob, _blob_rows(digests, now))
     insert_ignore(
         session,
@@ -225,19 +252,20 @@ def record_pack(
     agent: str = AGENT,
 ) -> None:
     now = utcnow()
-    digests = [m.digest for m in pack.members]
+    members = sorted(pack.members, key=lambda m: m.digest.b3)  # see _by_address
+    digests = [m.digest for m in members]
     insert_ignore(session, models.Blob, _blob_rows(digests, now))
     insert_ignore(
         session,
         models.Pack,
-        [{"id": pack.id, "size": pack.size, "member_count": len(pack.members), "created_at": now}],
+        [{"id": pack.id, "size": pack.size, "member_count": len(members), "created_at": now}],
     )
     insert_ignore(
         session,
         models.PackMember,
         [
             {"pack_id": pack.id, "blob_b3": m.digest.b3, "offset": m.offset, "length": m.length}
-            for m in pack.members
+            for m in members
         ],
     )
     insert_ignore(
@@ -286,6 +314,11 @@ def adopt_existing(tier: Tier, b3: str) -> BlobDigest:
 #: always wait, whatever its size, so its promote overlaps the next file.
 MAX_PENDING = 8
 MAX_PENDING_BYTES = 32 * 1024 * 1024
+#: A pack is sealed at this many members, whatever its size. Its catalog rows (a blob,
+#: a member and an event each) are recorded only once it is sealed, in the background
+#: while the next pack fills; 20,000 tiny files in one 64 MiB pack left 1 s of
+#: recording after the last file was read.
+PACK_MEMBERS = 4096
 
 
 @dataclass
@@ -304,6 +337,8 @@ class BlobSink:
     engine: sa.Engine
     pack_size: int
     stored: dict[str, BlobDigest] = field(default_factory=dict)
+    packed: dict[str, str] = field(default_factory=dict)
+    """The pack of each blob of :attr:`stored` that went into one, once it is recorded."""
     _writer: PackWriter | None = None
     _pool: ThreadPoolExecutor | None = None
     _pending: deque[tuple[Future[None], Callable[[], None], int]] = field(default_factory=deque)
@@ -315,7 +350,7 @@ class BlobSink:
             self._writer = PackWriter(self.tier)
         self._writer.add(digest, data)
         self.stored[digest.b3] = digest
-        if self._writer.size >= self.pack_size:
+        if self._writer.size >= self.pack_size or self._writer.members >= PACK_MEMBERS:
             self._seal()
 
     def recorded_loose(self, digest: BlobDigest) -> None:
@@ -352,6 +387,7 @@ class BlobSink:
             if pack is not None:
                 with session_scope(self.engine) as session:
                     record_pack(pack, tier=self.tier.name, tier_id=self.tier_id, session=session)
+                self.packed.update((m.digest.b3, pack.id) for m in pack.members)
 
         self._later(durable, writer.abort, writer.size)
 

@@ -31,6 +31,7 @@ from archive.blobstore import BlobSink, present_blobs
 from archive.datasets import (
     DatasetRef,
     NewEntry,
+    PackedHere,
     commit_version,
     get_dataset,
     get_version,
@@ -322,6 +323,11 @@ def ingest_tree(
         NewEntry(f.path, job.digests[f.path].b3, job.digests[f.path].sha256, f.size)
         for f in scan.files
     ]
+    stored = job.sink.stored
+    packed = {
+        b3: PackedHere(pack_id, stored[b3].sha256, stored[b3].size)
+        for b3, pack_id in job.sink.packed.items()
+    }
     for attempt in (1, 2):
         try:
             with node.session() as session:
@@ -334,6 +340,7 @@ def ingest_tree(
                     title=title,
                     metadata=metadata,
                     agent=agent,
+                    packed=packed,
                 )
                 version_number = result.version.number
                 plan(node, session=session, collection=ref.collection, version_id=result.version.id)

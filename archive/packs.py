@@ -114,6 +114,10 @@ class PackWriter:
     def empty(self) -> bool:
         return not self._members
 
+    @property
+    def members(self) -> int:
+        return len(self._members)
+
     def add(self, digest: BlobDigest, stored: bytes) -> None:
         if self._upload is None:
             self._upload = self.tier.begin_put()

@@ -13,6 +13,7 @@ and all of it holding the GIL that the ingest's other threads need.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,10 +41,9 @@ class _Binder:
     """A column's bind processor that remembers its last value: the rows of one batch
     often share one (a single ``now``), and processors are pure."""
 
-    __slots__ = ("_last", "_last_bound", "_process", "index")
+    __slots__ = ("_last", "_last_bound", "_process")
 
-    def __init__(self, index: int, process: Callable[[Any], Any]) -> None:
-        self.index = index
+    def __init__(self, process: Callable[[Any], Any]) -> None:
         self._process = process
         self._last: Any = _Binder
         self._last_bound: Any = None
@@ -89,13 +89,14 @@ def _insert_many(
         value if binder is None else binder(value)
         for value, binder in zip(constants.values(), binders[len(names) :], strict=True)
     ]
-    bound = [_Binder(i, binder) for i, binder in enumerate(binders[: len(names)]) if binder]
-    params: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = [row[name] for name in names]
-        for binder in bound:
-            values[binder.index] = binder(values[binder.index])
-        params.append((*values, *fixed))
+    # Column by column: a comprehension per column costs a third of a loop per row
+    # that indexes each row's values and applies each column's processor.
+    values: list[Any] = [[row[name] for row in rows] for name in names]
+    for i, binder in enumerate(binders[: len(names)]):
+        if binder is not None:
+            values[i] = list(map(_Binder(binder), values[i]))
+    values.extend(itertools.repeat(value, len(rows)) for value in fixed)
+    params = list(zip(*values, strict=True))
     # Names are the model's, quoted by the dialect; every value is a bound parameter.
     quote = dialect.identifier_preparer
     into = f"{quote.format_table(table)} ({', '.join(quote.format_column(c) for c in columns)})"

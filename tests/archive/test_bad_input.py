@@ -14,10 +14,11 @@ import pytest
 from sqlmodel import select
 
 from archive.blobstore import present_blobs
-from archive.catalog.models import Pack, Replica
+from archive.catalog.models import Blob, Pack, PackMember, Replica, ReplicaState
 from archive.config import Settings
 from archive.datasets import (
     NewEntry,
+    PackedHere,
     commit_version,
     get_dataset,
     get_version,
@@ -155,6 +156,33 @@ def test_commit_naming_a_missing_blob_is_refused(seeded: ArchiveNode) -> None:
     assert info.value.digests == [ghost]
     assert info.value.http_status == 409
     assert snapshot(seeded) == before
+
+
+def test_a_commit_vouching_for_packs_without_a_present_copy_is_refused(
+    seeded: ArchiveNode,
+) -> None:
+    """``packed`` spares the per-blob lookups only while the pack itself is held."""
+    with seeded.reading() as session:
+        pack = session.exec(select(Pack)).one()
+        b3 = session.exec(select(PackMember.blob_b3).where(PackMember.pack_id == pack.id)).one()
+        blob = session.exec(select(Blob).where(Blob.b3 == b3)).one()
+    vouched = {b3: PackedHere(pack.id, blob.sha256, blob.size)}
+    unknown = {b3: PackedHere("0" * 64, blob.sha256, blob.size)}
+    with seeded.session() as session:
+        for replica in session.exec(select(Replica).where(Replica.pack_id == pack.id)):
+            replica.state = ReplicaState.DAMAGED
+    before = snapshot(seeded)
+    for packed in (vouched, unknown):
+        with pytest.raises(MissingBlobs) as info, seeded.session() as session:
+            commit_version(
+                parse_ref("lab/vouched"),
+                [NewEntry("a.txt", b3)],
+                session=session,
+                tier=seeded.hot,
+                packed=packed,
+            )
+        assert info.value.digests == [b3]
+        assert snapshot(seeded) == before
 
 
 def test_unreadable_file_is_refused(tmp_path: Path) -> None:

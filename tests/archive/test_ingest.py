@@ -10,8 +10,10 @@ import unicodedata
 from pathlib import Path
 
 import blake3
+import pytest
 from sqlmodel import select
 
+from archive import blobstore
 from archive.catalog import models
 from archive.checkout import checkout
 from archive.datasets import get_dataset, get_version, iter_entries, list_versions, parse_ref
@@ -99,6 +101,31 @@ def test_large_blobs_are_loose_and_small_ones_packed(node: ArchiveNode, tmp_path
     # The pack is named by the BLAKE3 of its own bytes.
     with node.hot.open(packs[0]) as stream:
         assert blake3.blake3(stream.read()).hexdigest() == packs[0][len("packs/") : -len(".tar")]
+
+
+def test_a_pack_is_sealed_at_its_member_limit(
+    node: ArchiveNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs close at PACK_MEMBERS members, so their rows are recorded while the next
+    fills; every file still comes back and the commit checks presence per pack."""
+    monkeypatch.setattr(blobstore, "PACK_MEMBERS", 3)
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.txt": f"file {i}\n".encode() * (i + 1) for i in range(8)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    ingest_tree(node, src, parse_ref("lab/many"))
+    with node.reading() as session:
+        packs = session.exec(select(models.Pack)).all()
+        assert sorted(p.member_count for p in packs) == [2, 3, 3]
+        version = get_version(get_dataset("lab", "many", session=session), None, session=session)
+        assert version.id is not None
+        got = {e.path: e.b3 for e in iter_entries(version.id, session=session)}
+        out = tmp_path / "out"
+        result = checkout(version, out, session=session, tiers=node.tiers)
+        assert result.files == len(files) and not result.problems
+    assert got == {name: blake3.blake3(data).hexdigest() for name, data in files.items()}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
 
 
 def test_second_version_stores_only_what_changed(node: ArchiveNode, tmp_path: Path) -> None:
