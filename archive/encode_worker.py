@@ -13,6 +13,7 @@ held in memory, so both paths store the same bytes under the same digests.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import blake3
 import zstandard
@@ -52,13 +53,27 @@ def encode_content(compressor: zstandard.ZstdCompressor, data: bytes) -> tuple[D
     return (b3, sha256, len(data), len(data), b3, RAW), data
 
 
+def _read_whole(path: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the file at ``path``, by plain system calls: ``open()``
+    builds a buffered file object (an fstat, an isatty check) that cost 20 us a file,
+    three times the read itself (20,000 small files: 0.6 s of CPU against 0.2 s)."""
+    # O_NONBLOCK: a file swapped for a FIFO since the scan fails instead of hanging.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        data = os.read(fd, limit)
+        while len(data) < limit and (more := os.read(fd, limit - len(data))):
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
 def encode_file(compressor: zstandard.ZstdCompressor, path: str, size: int) -> Encoded:
     """Read and encode one file of ``size`` bytes: ``(digests, stored bytes)``, or
     ``(None, why)`` when it cannot be read or no longer has that size (the caller turns
     that into its error: an exception may not survive the trip back from a worker)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(size + 1)
+        data = _read_whole(path, size + 1)
     except OSError as exc:
         return None, exc.strerror or str(exc)
     if len(data) != size:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -58,6 +59,12 @@ def wrap(owner: Any, name: str, label: str | None = None) -> None:
     setattr(owner, name, timed)
 
 
+def _children_cpu() -> float:
+    """CPU seconds of reaped child processes (the encoding workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     source = Path(sys.argv[1]).resolve()
     for pair in sys.argv[2:]:
@@ -71,6 +78,7 @@ def main() -> None:
     t0 = time.perf_counter()
     import archive.blobstore as blobstore
     import archive.datasets as datasets
+    import archive.encode_pool as encode_pool
     import archive.encoding as encoding
     import archive.ingest as ingest
     import archive.packs as packs
@@ -96,6 +104,9 @@ def main() -> None:
     wrap(packs, "_header")
     wrap(packs.PackWriter, "seal")
     wrap(blobstore.BlobSink, "flush")
+    wrap(blobstore.BlobSink, "_later")
+    wrap(encode_pool._Worker, "receive")
+    wrap(ingest, "_decoded")
     wrap(blobstore.BlobSink, "recorded_loose")
     wrap(blobstore, "record_pack")
     wrap(ingest, "commit_version")
@@ -118,18 +129,21 @@ def main() -> None:
     opened = time.perf_counter() - t2
     t3 = time.perf_counter()
     cpu0 = time.process_time()
+    kids0 = _children_cpu()
     with node.session():
         pass
     report = ingest.ingest_tree(node, source, parse_ref(f"bench/{source.name}"))
     total = time.perf_counter() - t3
     cpu = time.process_time() - cpu0
+    kids = _children_cpu() - kids0
     t4 = time.perf_counter()
     node.close()
     closed = time.perf_counter() - t4
 
     print(f"imports {imports:.2f} s, init {init:.2f} s, open {opened:.2f} s, close {closed:.2f} s")
     print(
-        f"ingest_tree {total:.2f} s wall, {cpu:.2f} s process CPU; files {report.files}, "
+        f"ingest_tree {total:.2f} s wall, {cpu:.2f} s process CPU, {kids:.2f} s in children; "
+        f"files {report.files}, "
         f"{report.bytes / 1e6:.0f} MB -> stored {report.stored_bytes / 1e6:.0f} MB"
     )
     for key, started, spent, what in CALLS:

@@ -110,3 +110,16 @@ def test_any_string_is_either_refused_or_safe(raw: str) -> None:
     assert "\x00" not in path and "\\" not in path
     assert ".." not in path.split("/")
     assert not path.startswith("/")
+
+
+def test_every_control_and_surrogate_code_point_is_refused_and_no_other() -> None:
+    """The one-search check refuses exactly Unicode's Cc and Cs code points."""
+    refused = set()
+    for code in range(0x110000):
+        try:
+            normalize_path(f"a{chr(code)}b")
+        except InvalidPath as exc:
+            if "control character" in exc.reason or "UTF-8" in exc.reason:
+                refused.add(code)
+    expected = {c for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cs")}
+    assert refused - {0} == expected - {0}  # NUL has its own message
