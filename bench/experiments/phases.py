@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import os
 import resource
 import sys
@@ -127,6 +128,11 @@ def main() -> None:
     t2 = time.perf_counter()
     node = ArchiveNode.open(settings)
     opened = time.perf_counter() - t2
+    gc.freeze()  # as the CLI does once the catalog is open (archive.cli_app._node)
+    if os.environ.get("PHASES_GC") == "off":
+        gc.disable()
+    elif os.environ.get("PHASES_GC"):
+        gc.set_threshold(int(os.environ["PHASES_GC"]), 10, 10)
     t3 = time.perf_counter()
     cpu0 = time.process_time()
     kids0 = _children_cpu()

@@ -97,6 +97,24 @@ def test_policy_copies_are_made_proven_and_readable(node: ArchiveNode, tmp_path:
     }
 
 
+def test_content_named_twice_is_planned_once_per_tier(node: ArchiveNode, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    for rel in ("a.txt", "b/same.txt", "b/again.txt"):
+        (src / rel).write_bytes(b"one content under three names\n" * 50)
+    (src / "other.txt").write_bytes(b"another content\n")
+    ingest_tree(node, src, parse_ref("lab/twice"))
+    with node.session() as session:
+        pending = session.exec(
+            select(models.Replica.blob_b3).where(models.Replica.state == ReplicaState.PENDING)
+        ).all()
+        # Planning again adds nothing: every blob already has its row.
+        assert plan(node, session=session, collection="lab") == 0
+    assert sorted(pending) == sorted(
+        {blake3.blake3(p.read_bytes()).hexdigest() for p in src.rglob("*.txt")}
+    )
+
+
 def test_a_damaged_source_never_becomes_a_copy(local_db_node: ArchiveNode, tmp_path: Path) -> None:
     node = local_db_node
     src = tmp_path / "src"
