@@ -351,7 +351,7 @@ class BlobSink:
         self._writer.add(digest, data)
         self.stored[digest.b3] = digest
         if self._writer.size >= self.pack_size or self._writer.members >= PACK_MEMBERS:
-            self._seal()
+            self.seal()
 
     def recorded_loose(self, digest: BlobDigest) -> None:
         """A loose blob was promoted: record it now so a crash after this keeps it."""
@@ -377,7 +377,8 @@ class BlobSink:
 
         self._later(durable, upload.abort, upload.size)
 
-    def _seal(self) -> None:
+    def seal(self) -> None:
+        """Close the open pack now; it is made durable and recorded in the background."""
         writer, self._writer = self._writer, None
         if writer is None or writer.empty:
             return
@@ -411,7 +412,7 @@ class BlobSink:
         Raises:
             Whatever storing a blob or pack raised (the first such error).
         """
-        self._seal()
+        self.seal()
         while self._pending:
             self._pending[0][0].result()
             self._pending.popleft()
