@@ -208,7 +208,7 @@ class _Ingest:
                 self.deduplicated += 1
             else:
                 self.sink.add_small(digest, stored)
-            self._advance(1, f.size)
+        self._advance(len(batch), sum(f.size for f, _, _ in batch))
 
     # -- large files: streamed, loose ------------------------------------------------
     def large(self, f: SourceFile, prior: _Prior | None) -> None:
