@@ -1,15 +1,19 @@
 """Ingest: a folder on disk becomes a new, immutable dataset version.
 
 1. Scan and validate the whole tree (archive.scan); refuse it whole on any problem.
-2. Encode every file in one read (archive.encoding): small files on a thread pool
-   into packs, large files through the streaming lanes as loose blobs. Content the
-   catalog already holds is not stored again. A large file whose path and size
-   match the previous version is first hashed alone (BLAKE3 over mmap, cheap): if
-   unchanged it is never compressed or written.
+2. Encode every file in one read (archive.encoding): small files in worker processes
+   (archive.encode_pool; on threads below PROCESSES_FROM files) into packs, large
+   files through the streaming lanes as loose blobs. Content the catalog already
+   holds is not stored again. A large file whose path and size match the previous
+   version is first hashed alone (BLAKE3, cheap): if unchanged it is never compressed
+   or written.
 3. Stored bytes are durable and recorded before the version is committed
    (archive.blobstore), so a crash leaves no visible version and a rerun resumes.
+   A pack is recorded in the background once sealed (at most PACK_MEMBERS members),
+   while the next one fills.
 4. Commit the version and its hash-chained manifest in one transaction
-   (archive.datasets.commit_version).
+   (archive.datasets.commit_version), which checks the blobs this ingest packed per
+   pack and every other blob on its own.
 """
 
 from __future__ import annotations
