@@ -27,11 +27,20 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from archive.catalog import models
-from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.catalog.models import ReplicaState, utcnow
 from archive.config import AuditPolicy
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
-from fixity.checks import CheckResult, Finding, Level, Member, Target, check, event_detail
+from fixity.checks import (
+    CheckResult,
+    Finding,
+    Level,
+    Member,
+    Target,
+    check,
+    check_event,
+    event_detail,
+)
 from fixity.held import audit_held
 from fixity.manifest_copies import audit_manifest_copies
 from fixity.manifests import audit_manifests
@@ -365,18 +374,8 @@ class Auditor:
         if changed.rowcount == 0:  # type: ignore[attr-defined]
             return  # our lease ran out and another worker took the copy over
         mark_reachable(tier, session=session)
-        session.add(
-            models.Event(
-                type=EventType.FIXITY_CHECK,
-                object_type=target.kind,
-                object_id=target.object_id,
-                tier=tier,
-                outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                detail=event_detail(target, result, sampled=sampled),
-                agent=AGENT,
-                created_at=now,
-            )
-        )
+        detail = event_detail(target, result, sampled=sampled)
+        session.add(check_event(target.kind, target.object_id, tier, result, detail, now))
         report.copy_checked(tier, target, result)
 
     def _release(self, claims: Iterable[AuditClaim], *, delay: float) -> None:

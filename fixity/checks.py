@@ -22,6 +22,7 @@ wrong with the *tier* (unreachable): only the first is ever recorded as damage.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 import io
@@ -35,7 +36,7 @@ import blake3
 import zstandard
 
 from archive.catalog import models
-from archive.catalog.models import Codec
+from archive.catalog.models import Codec, EventOutcome, EventType
 from fixity.levels import Level as Level
 from fixity.ratelimit import UNLIMITED, ByteRate
 from tiers import CHUNK_SIZE, HashingTier, NeedsRestore, ObjectNotFound, Tier, TierError, read_ahead
@@ -363,6 +364,28 @@ def _prove_pack(raw: BinaryIO, target: Target, level: Level, rate: ByteRate) -> 
     if problem is not None and bad:
         problem += f"; damaged members: {', '.join(sorted(bad)[:10])}"
     return _result(problem, level, position, tuple(sorted(bad)))
+
+
+def check_event(
+    object_type: str,
+    object_id: str,
+    tier: str,
+    result: CheckResult,
+    detail: dict[str, object],
+    now: dt.datetime,
+) -> models.Event:
+    """The preservation event of one audit of one copy (a blob, a pack, a manifest,
+    an object held for a partner)."""
+    return models.Event(
+        type=EventType.FIXITY_CHECK,
+        object_type=object_type,
+        object_id=object_id,
+        tier=tier,
+        outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
+        detail=detail,
+        agent="permafrost/fixity",
+        created_at=now,
+    )
 
 
 def event_detail(target: Target, result: CheckResult, *, sampled: bool) -> dict[str, object]:

@@ -28,18 +28,16 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from archive.catalog import models
-from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.catalog.models import ReplicaState, utcnow
 from archive.held import held_key, holding_tier_name
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
-from fixity.checks import CheckResult, Finding, Level, Target, event_detail
+from fixity.checks import CheckResult, Finding, Level, Target, check_event, event_detail
 from fixity.schedule import next_after_audit, spread
 
 if TYPE_CHECKING:
     from fixity.audit import AuditOptions, Auditor
     from fixity.report import AuditReport
-
-AGENT = "permafrost/fixity"
 
 
 @dataclass(frozen=True)
@@ -197,16 +195,5 @@ def _record(
             "partner": claim.partner,
             "name": claim.name,
         }
-        session.add(
-            models.Event(
-                type=EventType.FIXITY_CHECK,
-                object_type=claim.object_type,
-                object_id=claim.object_id,
-                tier=tier,
-                outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-                detail=detail,
-                agent=AGENT,
-                created_at=now,
-            )
-        )
+        session.add(check_event(claim.object_type, claim.object_id, tier, result, detail, now))
     report.copy_checked(tier, target, result)

@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from archive.catalog import models
-from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
+from archive.catalog.models import EventType, ReplicaState, utcnow
 from archive.datasets import dataset_document
 from archive.manifest import ManifestEntry, render
-from fixity.checks import CheckResult, Finding, Level, Target, event_detail
+from fixity.checks import CheckResult, Finding, Level, Target, check_event, event_detail
 from fixity.report import AuditReport, RepairOutcome
 from fixity.schedule import ManifestClaim, claim_manifests, next_after_audit
 from tiers import TierError
@@ -31,8 +31,6 @@ from tiers import TierError
 if TYPE_CHECKING:
     from fixity.audit import AuditOptions, Auditor
     from fixity.repair import Repairer
-
-AGENT = "permafrost/fixity"
 
 
 def audit_manifests(auditor: Auditor, opts: AuditOptions, report: AuditReport) -> None:
@@ -104,16 +102,8 @@ def manifest_check_event(
     object_id: str, tier: str, target: Target, result: CheckResult, now: dt.datetime
 ) -> models.Event:
     """The preservation event of one audit of a manifest copy, on the hot tier or another."""
-    return models.Event(
-        type=EventType.FIXITY_CHECK,
-        object_type="manifest",
-        object_id=object_id,
-        tier=tier,
-        outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
-        detail=event_detail(target, result, sampled=False),
-        agent=AGENT,
-        created_at=now,
-    )
+    detail = event_detail(target, result, sampled=False)
+    return check_event("manifest", object_id, tier, result, detail, now)
 
 
 def version_object_id(version: models.Version, *, session: Session) -> str:
