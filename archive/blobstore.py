@@ -16,7 +16,7 @@ import datetime as dt
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,14 +47,21 @@ def _is_present() -> sa.ColumnElement[bool]:
     return sa.func.coalesce(col(models.Replica.state), "") == ReplicaState.PRESENT
 
 
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    """The distinct values in order, 900 at a time: one ``IN`` list per query, within
+    SQLite's default limit of bound parameters."""
+    wanted = sorted(set(values))
+    for i in range(0, len(wanted), 900):
+        yield wanted[i : i + 900]
+
+
 def present_blob_digests(b3s: Iterable[str], *, session: Session) -> dict[str, tuple[str, int]]:
     """SHA-256 and size of each of these blobs that has a present copy (loose or
     packed), in one query per 900 addresses."""
-    wanted = sorted(set(b3s))
     R, M, B = models.Replica, models.PackMember, models.Blob
     is_present = _is_present()
     found: dict[str, tuple[str, int]] = {}
-    for i in range(0, len(wanted), 900):
+    for chunk in _chunks(b3s):
         loose = sa.exists().where(col(R.blob_b3) == col(B.b3), is_present)
         packed = (
             sa.exists()
@@ -63,7 +70,7 @@ def present_blob_digests(b3s: Iterable[str], *, session: Session) -> dict[str, t
         )
         rows = session.execute(
             sa.select(col(B.b3), col(B.sha256), col(B.size)).where(
-                col(B.b3).in_(wanted[i : i + 900]), sa.or_(loose, packed)
+                col(B.b3).in_(chunk), sa.or_(loose, packed)
             )
         )
         found.update({b3: (sha256, size) for b3, sha256, size in rows})
@@ -72,12 +79,11 @@ def present_blob_digests(b3s: Iterable[str], *, session: Session) -> dict[str, t
 
 def present_packs(pack_ids: Iterable[str], *, session: Session) -> set[str]:
     """Which of these packs have at least one present copy."""
-    wanted = sorted(set(pack_ids))
     found: set[str] = set()
-    for i in range(0, len(wanted), 900):
+    for chunk in _chunks(pack_ids):
         rows = session.exec(
             select(models.Replica.pack_id).where(
-                col(models.Replica.pack_id).in_(wanted[i : i + 900]), _is_present()
+                col(models.Replica.pack_id).in_(chunk), _is_present()
             )
         )
         found.update(p for p in rows.all() if p)
@@ -90,13 +96,12 @@ def present_blobs(b3s: Iterable[str], *, session: Session) -> set[str]:
     A blob row whose every copy is damaged or missing does not count: its content
     must be stored again when offered.
     """
-    wanted = sorted(set(b3s))
     present: set[str] = set()
     is_present = _is_present()
-    for i in range(0, len(wanted), 900):
+    for chunk in _chunks(b3s):
         # New content first meets the blob table's primary key: an ingest of new files
         # asks only that (2 us an address), not the joins below (13 us an address).
-        known = select(models.Blob.b3).where(col(models.Blob.b3).in_(wanted[i : i + 900]))
+        known = select(models.Blob.b3).where(col(models.Blob.b3).in_(chunk))
         batch = list(session.exec(known).all())
         if not batch:
             continue

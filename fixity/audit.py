@@ -32,6 +32,7 @@ from archive.config import AuditPolicy
 from archive.node import ArchiveNode
 from archive.reachability import mark_reachable, mark_unreachable
 from fixity.checks import (
+    AGENT,
     CheckResult,
     Finding,
     Level,
@@ -57,7 +58,6 @@ from fixity.schedule import (
 )
 from tiers import ObjectNotFound, ProvingTier, TierError
 
-AGENT = "permafrost/fixity"
 SUMMARY_OBJECT = "archive"
 
 

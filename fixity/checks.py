@@ -366,6 +366,9 @@ def _prove_pack(raw: BinaryIO, target: Target, level: Level, rate: ByteRate) -> 
     return _result(problem, level, position, tuple(sorted(bad)))
 
 
+AGENT = "permafrost/fixity"
+
+
 def check_event(
     object_type: str,
     object_id: str,
@@ -383,7 +386,7 @@ def check_event(
         tier=tier,
         outcome=EventOutcome.SUCCESS if result.ok else EventOutcome.FAILURE,
         detail=detail,
-        agent="permafrost/fixity",
+        agent=AGENT,
         created_at=now,
     )
 

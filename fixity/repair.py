@@ -35,7 +35,7 @@ from archive.catalog.models import EventOutcome, EventType, ReplicaState, utcnow
 from archive.node import ArchiveNode
 from archive.packs import pack_key
 from archive.retrieval import Location, locate, read_stored
-from fixity.audit import AGENT as AUDIT_AGENT
+from fixity.checks import AGENT as AUDIT_AGENT
 from fixity.checks import CheckResult, Finding, Level, Member, Target, check, member_problem
 from fixity.errors import NoGoodSource
 from fixity.manifest_copies import repair_manifest_copies
