@@ -132,17 +132,23 @@ def ingest(
         return
     if dry_run:
         raise typer.BadParameter("--dry-run needs --server", param_hint="--dry-run")
-    from archive.ingest import ingest_tree
+    from archive.ingest_start import begin_ingest
 
-    with _node() as node, _progress() as progress:
-        report = ingest_tree(
-            node,
-            path,
-            ref,
-            message=message,
-            title=title,
-            progress=_RichIngestProgress(progress),
-        )
+    # The tree is scanned and its small files go to the encoding workers first: they
+    # encode while this process loads and opens the catalog (0.5 s of imports).
+    with begin_ingest(path, state.settings) as begun:
+        from archive.ingest import ingest_tree
+
+        with _node() as node, _progress() as progress:
+            report = ingest_tree(
+                node,
+                path,
+                ref,
+                message=message,
+                title=title,
+                progress=_RichIngestProgress(progress),
+                begun=begun,
+            )
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     if as_json:

@@ -1,6 +1,8 @@
 """Ingest: a folder on disk becomes a new, immutable dataset version.
 
 1. Scan and validate the whole tree (archive.scan); refuse it whole on any problem.
+   This and starting the encoding of small files need no catalog
+   (archive.ingest_start): the CLI does them before it opens one.
 2. Encode every file in one read (archive.encoding): small files in worker processes
    (archive.encode_pool; on threads below PROCESSES_FROM files) into packs, large
    files through the streaming lanes as loose blobs. Content the catalog already
@@ -18,7 +20,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -41,21 +42,17 @@ from archive.datasets import (
     get_version,
     iter_entries,
 )
-from archive.encode_pool import EncoderPool, WorkerDied
+from archive.encode_pool import EncodeAhead, WorkerDied
 from archive.encode_worker import Encoded, pays
 from archive.encoding import CHUNK, BlobDigest, Encoder
 from archive.errors import NotFound, UnsupportedFile
+from archive.ingest_start import GROUP_FILES, StartedIngest, begin_ingest, encode_threads
 from archive.node import ArchiveNode
 from archive.replication import plan
-from archive.scan import SourceFile, scan_tree
+from archive.scan import SourceFile
 
 SAMPLE = 1024 * 1024
 WINDOW_FILES = 64
-GROUP_FILES = 64
-#: From this many small files they are encoded in worker processes (archive.encode_pool):
-#: starting them costs about 30 ms, and 20,000 files took 0.9 - 1.0 s there against
-#: 1.4 - 1.8 s on threads.
-PROCESSES_FROM = 1000
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 BATCH_BYTES = 32 * 1024 * 1024
@@ -124,7 +121,7 @@ class _Ingest:
         with node.reading() as session:
             tier_id = node.tier_ids(session=session)[settings.hot_tier]
         self.sink = BlobSink(node.hot, tier_id, node.engine, settings.pack_size)
-        self.threads = settings.ingest_threads or max(2, os.cpu_count() or 2)
+        self.threads = encode_threads(settings)
         self._local = threading.local()
         self.digests: dict[str, BlobDigest] = {}
         self.deduplicated = 0
@@ -146,19 +143,12 @@ class _Ingest:
     def _read_group(self, group: list[SourceFile]) -> list[_Encoded]:
         return [self._read_small(f) for f in group]
 
-    def _encoded_groups(self, files: list[SourceFile]) -> Iterator[list[_Encoded]]:
-        # Tasks of GROUP_FILES files: one task per tiny file spends more time handing
-        # work around than reading, hashing and compressing the file.
-        groups = [files[i : i + GROUP_FILES] for i in range(0, len(files), GROUP_FILES)]
-        if len(files) >= PROCESSES_FROM:
-            try:
-                pool = EncoderPool(self.threads, self.level)
-            except OSError:
-                pool = None  # no process can start here: the threads do the work
-            if pool is not None:
-                with pool:
-                    done = yield from self._in_processes(pool, groups)
-                groups = groups[done:]  # a worker that never answered: threads go on
+    def _encoded_groups(self, started: StartedIngest) -> Iterator[list[_Encoded]]:
+        groups = started.groups
+        if started.ahead is not None:
+            with started.ahead:
+                done = yield from self._in_processes(started.ahead)
+            groups = groups[done:]  # a worker that never answered: threads go on
         # Threads: one fewer than cores, since the main thread packs and records what
         # they encode and small files are mostly Python work under the GIL. On 2 cores,
         # two workers beside it took as long and burnt 0.8 s more CPU per 20,000 files.
@@ -167,7 +157,7 @@ class _Ingest:
         yield from _bounded_map(self._read_group, groups, workers, window)
 
     def _in_processes(
-        self, pool: EncoderPool, groups: list[list[SourceFile]]
+        self, ahead: EncodeAhead[list[SourceFile]]
     ) -> Generator[list[_Encoded], None, int]:
         """Groups encoded by worker processes (archive.encode_pool), in order; returns
         how many, which is all of them unless no worker ever answered.
@@ -176,9 +166,8 @@ class _Ingest:
             WorkerDied: a worker stopped after others had answered.
         """
         done = 0
-        work = ((group, [(f.abspath, f.size) for f in group]) for group in groups)
         try:
-            for group, encoded in pool.encode(work):
+            for group, encoded in ahead:
                 yield [_decoded(f, result) for f, result in zip(group, encoded, strict=True)]
                 done += 1
         except WorkerDied:
@@ -186,11 +175,11 @@ class _Ingest:
                 raise
         return done
 
-    def small(self, files: list[SourceFile]) -> None:
+    def small(self, started: StartedIngest) -> None:
         batch: list[tuple[SourceFile, BlobDigest, bytes]] = []
         batch_bytes = 0
-        left = len(files)
-        for group in self._encoded_groups(files):
+        left = len(started.small)
+        for group in self._encoded_groups(started):
             for item in group:
                 batch.append(item)
                 batch_bytes += len(item[2])
@@ -312,29 +301,34 @@ def ingest_tree(
     metadata: dict[str, Any] | None = None,
     progress: IngestProgress | None = None,
     agent: str = "permafrost/cli",
+    begun: StartedIngest | None = None,
 ) -> IngestReport:
     """Ingest a folder (or one file) as the next version of ``ref``.
+
+    ``begun`` is what :func:`archive.ingest_start.begin_ingest` started for ``root``
+    (the CLI calls it before opening the catalog); this call closes it.
 
     Raises:
         InvalidTree: the tree holds paths or files that may not enter the archive.
         UnsupportedFile: a file could not be read, or changed while read.
     """
     started = time.perf_counter()
-    scan = scan_tree(root)
-    if progress is not None:
-        progress.started(len(scan.files), scan.total_bytes)
-    prior = _previous_entries(node, ref)
-    job = _Ingest(node, progress)
-    limit = node.settings.pack_below
-    try:
-        job.small([f for f in scan.files if f.size < limit])
-        for f in scan.files:
-            if f.size >= limit:
-                job.large(f, prior.get(f.path))
-        job.sink.flush()
-    except BaseException:
-        job.sink.abort()
-        raise
+    with begun or begin_ingest(root, node.settings) as begun:
+        scan = begun.scan
+        if progress is not None:
+            progress.started(len(scan.files), scan.total_bytes)
+        prior = _previous_entries(node, ref)
+        job = _Ingest(node, progress)
+        limit = node.settings.pack_below
+        try:
+            job.small(begun)
+            for f in scan.files:
+                if f.size >= limit:
+                    job.large(f, prior.get(f.path))
+            job.sink.flush()
+        except BaseException:
+            job.sink.abort()
+            raise
     entries = [
         NewEntry(f.path, job.digests[f.path].b3, job.digests[f.path].sha256, f.size)
         for f in scan.files

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from archive import ingest as ingest_module
+from archive import ingest_start as start_module
 from archive.catalog import models
 from archive.config import LocalTierConfig, Settings
 from archive.encode_pool import EncoderPool, WorkerDied
 from archive.encode_worker import Encoded, encode_files
 from archive.encoding import BlobDigest, Encoder
-from archive.ingest import PROCESSES_FROM, ingest_tree
+from archive.ingest import ingest_tree
+from archive.ingest_start import PROCESSES_FROM
 from archive.node import ArchiveNode
 from archive.refs import parse_ref
 
@@ -80,12 +81,12 @@ def test_processes_store_what_threads_store(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     CountingPool.started = []
-    monkeypatch.setattr(ingest_module, "EncoderPool", CountingPool)
+    monkeypatch.setattr(start_module, "EncoderPool", CountingPool)
     in_processes = open_node(tmp_path / "processes")
     report = ingest_tree(in_processes, tree, parse_ref("lab/small"))
     assert report.files == FILES and len(CountingPool.started) == 1
 
-    monkeypatch.setattr(ingest_module, "PROCESSES_FROM", FILES + 1)
+    monkeypatch.setattr(start_module, "PROCESSES_FROM", FILES + 1)
     on_threads = open_node(tmp_path / "threads")
     ingest_tree(on_threads, tree, parse_ref("lab/small"))
     assert len(CountingPool.started) == 1, "the second ingest ran on threads"
@@ -137,7 +138,7 @@ def test_a_worker_dying_mid_ingest_fails_it_and_a_rerun_completes(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     node = open_node(tmp_path / "archive")
-    monkeypatch.setattr(ingest_module, "EncoderPool", DyingPool)
+    monkeypatch.setattr(start_module, "EncoderPool", DyingPool)
     with pytest.raises(WorkerDied):
         ingest_tree(node, tree, parse_ref("lab/small"))
     with node.session() as session:
@@ -146,7 +147,7 @@ def test_a_worker_dying_mid_ingest_fails_it_and_a_rerun_completes(
     staging = tmp_path / "archive" / "hot" / ".staging"
     assert not staging.exists() or not any(staging.iterdir())
 
-    monkeypatch.setattr(ingest_module, "EncoderPool", EncoderPool)
+    monkeypatch.setattr(start_module, "EncoderPool", EncoderPool)
     report = ingest_tree(node, tree, parse_ref("lab/small"))
     assert (report.version, report.files) == (1, FILES)
     node.close()
