@@ -143,11 +143,11 @@ class _Ingest:
     def _read_group(self, group: list[SourceFile]) -> list[_Encoded]:
         return [self._read_small(f) for f in group]
 
-    def _encoded_groups(self, started: StartedIngest) -> Iterator[list[_Encoded]]:
-        groups = started.groups
-        if started.ahead is not None:
-            with started.ahead:
-                done = yield from self._in_processes(started.ahead)
+    def _encoded_groups(self, begun: StartedIngest) -> Iterator[list[_Encoded]]:
+        groups = begun.groups
+        if begun.ahead is not None:
+            with begun.ahead:
+                done = yield from self._in_processes(begun.ahead)
             groups = groups[done:]  # a worker that never answered: threads go on
         # Threads: one fewer than cores, since the main thread packs and records what
         # they encode and small files are mostly Python work under the GIL. On 2 cores,
@@ -175,11 +175,11 @@ class _Ingest:
                 raise
         return done
 
-    def small(self, started: StartedIngest) -> None:
+    def small(self, begun: StartedIngest) -> None:
         batch: list[tuple[SourceFile, BlobDigest, bytes]] = []
         batch_bytes = 0
-        left = len(started.small)
-        for group in self._encoded_groups(started):
+        left = len(begun.small)
+        for group in self._encoded_groups(begun):
             for item in group:
                 batch.append(item)
                 batch_bytes += len(item[2])
@@ -312,7 +312,6 @@ def ingest_tree(
         InvalidTree: the tree holds paths or files that may not enter the archive.
         UnsupportedFile: a file could not be read, or changed while read.
     """
-    started = time.perf_counter()
     with begun or begin_ingest(root, node.settings) as begun:
         scan = begun.scan
         if progress is not None:
@@ -369,6 +368,6 @@ def ingest_tree(
         new_bytes=sum(d.size for d in new),
         stored_bytes=sum(d.stored_size for d in new),
         deduplicated=job.deduplicated,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - begun.began,
         warnings=scan.warnings,
     )

@@ -8,6 +8,7 @@ core) while the worker processes encode the first small files on the others.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class StartedIngest:
     ahead: EncodeAhead[list[SourceFile]] | None
     """The groups being encoded in worker processes; None with too few files, or
     when no process can start here (threads do the work then)."""
+    began: float
+    """When the scan started (``time.perf_counter``)."""
 
     def close(self) -> None:
         if self.ahead is not None:
@@ -60,6 +63,7 @@ def begin_ingest(root: Path, settings: Settings) -> StartedIngest:
     Raises:
         InvalidTree: the tree holds paths or files that may not enter the archive.
     """
+    began = time.perf_counter()
     scan = scan_tree(root)
     small = [f for f in scan.files if f.size < settings.pack_below]
     # Groups: one task per tiny file spends more time handing work around than
@@ -78,4 +82,4 @@ def begin_ingest(root: Path, settings: Settings) -> StartedIngest:
             except BaseException:
                 pool.close()
                 raise
-    return StartedIngest(scan, small, groups, ahead)
+    return StartedIngest(scan, small, groups, ahead, began)

@@ -1,13 +1,17 @@
 """Small files encoded in worker processes (archive.encode_pool) store exactly what the
 thread path stores; a worker that dies fails the ingest cleanly, and workers that
-cannot start leave the work to threads."""
+cannot start leave the work to threads. The workers' answers are read ahead on a
+thread of their own (EncodeAhead), within a bound, from before the catalog loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,11 @@ from sqlmodel import select
 from archive import ingest_start as start_module
 from archive.catalog import models
 from archive.config import LocalTierConfig, Settings
-from archive.encode_pool import EncoderPool, WorkerDied
+from archive.encode_pool import EncodeAhead, EncoderPool, WorkerDied
 from archive.encode_worker import Encoded, encode_files
 from archive.encoding import BlobDigest, Encoder
 from archive.ingest import ingest_tree
-from archive.ingest_start import PROCESSES_FROM
+from archive.ingest_start import GROUP_FILES, PROCESSES_FROM
 from archive.node import ArchiveNode
 from archive.refs import parse_ref
 
@@ -162,3 +166,96 @@ def test_workers_that_cannot_start_leave_the_work_to_threads(
     assert (report.version, report.files) == (1, FILES)
     assert len(catalog(node)["entries"]) == FILES
     node.close()
+
+
+def test_read_ahead_yields_what_the_pool_encodes_in_order(tree: Path) -> None:
+    files = sorted(str(p) for p in tree.rglob("*.dat"))[:300]
+    work = [
+        (i, [(path, os.path.getsize(path)) for path in files[i : i + 7]]) for i in range(0, 300, 7)
+    ]
+    with EncoderPool(2, 3) as pool:
+        direct = list(pool.encode(work))
+    with EncodeAhead(EncoderPool(2, 3), iter(work), max_bytes=10_000) as ahead:
+        assert list(ahead) == direct
+    assert [tag for tag, _ in direct] == list(range(0, 300, 7))
+    assert direct[0][1] == encode_files(3, work[0][1])
+
+
+def test_read_ahead_holds_at_most_its_bound_and_close_stops_the_workers(tree: Path) -> None:
+    path = next(tree.rglob("*.dat"))
+    size = path.stat().st_size
+    pulled: list[int] = []
+
+    def groups() -> Iterator[tuple[int, list[tuple[str, int]]]]:
+        for i in range(200):
+            pulled.append(i)
+            yield i, [(str(path), size)]
+
+    pool = EncoderPool(2, 3)
+    processes = [w.process for w in pool._workers]
+    ahead = EncodeAhead(pool, groups(), max_bytes=1)  # every answer is over the bound
+    assert [tag for tag, _ in zip(range(3), ahead, strict=False)] == [0, 1, 2]
+    time.sleep(1.0)  # the workers would have encoded all 200 groups by now, unbounded
+    # Taken 3 + one held ready + one waiting in the thread + 2 in flight per worker.
+    assert len(pulled) <= 3 + 1 + 1 + 2 * 2 + 1
+    ahead.close()
+    assert [p.wait(timeout=5) for p in processes] == [0, 0]
+
+
+def test_read_ahead_raises_a_dead_worker_after_the_groups_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    work = [(i, [(str(path), 100)]) for i in range(40)]
+    got: list[int] = []
+    ahead = EncodeAhead(DyingPool(2, 3), iter(work), max_bytes=1 << 20)
+    answers = iter(ahead)
+    with ahead:
+        for _ in range(3):
+            got.append(next(answers)[0])
+        with pytest.raises(WorkerDied):
+            got.extend(tag for tag, _ in answers)
+    # Everything a worker answered before it died is handed on, in order, then the error.
+    assert len(got) < len(work) and got == list(range(len(got)))
+
+
+# As the CLI does: begin the ingest, and see what is encoded before the catalog loads.
+BEGIN_WITHOUT_CATALOG = """
+import json, sys
+from pathlib import Path
+from archive.config import Settings
+from archive.ingest_start import begin_ingest
+with begin_ingest(Path(sys.argv[1]), Settings(data_dir=Path(sys.argv[2]))) as begun:
+    assert begun.ahead is not None
+    group, encoded = next(iter(begun.ahead))
+    print(json.dumps({
+        "loaded": [m for m in ("sqlalchemy", "sqlmodel", "archive.catalog") if m in sys.modules],
+        "files": [f.abspath for f in group],
+        "b3": [digests[0] for digests, _ in encoded],
+        "groups": len(begun.groups),
+    }))
+"""
+
+
+def test_an_ingest_encodes_small_files_before_the_catalog_loads(tree: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", BEGIN_WITHOUT_CATALOG, str(tree), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(result.stdout)
+    assert seen["loaded"] == []
+    assert seen["groups"] == -(-FILES // GROUP_FILES) and len(seen["files"]) == GROUP_FILES
+    expected = Encoder(3)
+    assert seen["b3"] == [expected.encode_bytes(Path(f).read_bytes())[0].b3 for f in seen["files"]]
+
+
+def test_the_cli_ingests_many_small_files_through_the_workers(tree: Path, cli: Any) -> None:
+    report = cli.json("ingest", str(tree), "--collection", "lab", "--dataset", "small")
+    assert (report["files"], report["version"]) == (FILES, 1)
+    shown = cli.json("show", "lab/small")
+    files = {f["path"]: f["blake3"] for f in shown["files"]}
+    assert len(files) == FILES
+    one = next(iter(sorted(files)))
+    assert files[one] == Encoder(3).encode_bytes((tree / one).read_bytes())[0].b3
+    cli("verify", "lab/small")
