@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from archive.config import LocalTierConfig, Settings
 from archive.encode_pool import EncodeAhead, EncoderPool, WorkerDied
 from archive.encode_worker import Encoded, encode_files
 from archive.encoding import BlobDigest, Encoder
+from archive.errors import UnsupportedFile
 from archive.ingest import ingest_tree
-from archive.ingest_start import GROUP_FILES, PROCESSES_FROM
+from archive.ingest_start import GROUP_FILES, PROCESSES_FROM, begin_ingest
 from archive.node import ArchiveNode
 from archive.refs import parse_ref
 
@@ -259,3 +261,29 @@ def test_the_cli_ingests_many_small_files_through_the_workers(tree: Path, cli: A
     one = next(iter(sorted(files)))
     assert files[one] == Encoder(3).encode_bytes((tree / one).read_bytes())[0].b3
     cli("verify", "lab/small")
+
+
+def test_a_file_gone_after_the_scan_fails_the_ingest_and_stops_the_workers(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(tree, src)
+    node = open_node(tmp_path / "archive")
+    # One encoded group may wait: the workers cannot reach the last group before the
+    # ingest takes the ones before it, so it is gone before they read it.
+    monkeypatch.setattr(start_module, "AHEAD_BYTES", 1)
+    begun = begin_ingest(src, node.settings)
+    assert begun.ahead is not None
+    processes = [w.process for w in begun.ahead._pool._workers]
+    victim = begun.groups[-1][-1]
+    os.unlink(victim.abspath)
+    with pytest.raises(UnsupportedFile, match="No such file") as caught:
+        ingest_tree(node, src, parse_ref("lab/small"), begun=begun)
+    assert caught.value.path == victim.path
+    assert [p.wait(timeout=5) for p in processes] == [0, 0]
+    with node.session() as session:
+        assert not session.exec(select(models.Version)).all()
+        assert not session.exec(select(models.Entry)).all()
+    staging = tmp_path / "archive" / "hot" / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    node.close()
