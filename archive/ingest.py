@@ -178,7 +178,7 @@ class _Ingest:
     def small(self, begun: StartedIngest) -> None:
         batch: list[tuple[SourceFile, BlobDigest, bytes]] = []
         batch_bytes = 0
-        left = len(begun.small)
+        left = sum(map(len, begun.groups))
         for group in self._encoded_groups(begun):
             for item in group:
                 batch.append(item)
@@ -318,12 +318,10 @@ def ingest_tree(
             progress.started(len(scan.files), scan.total_bytes)
         prior = _previous_entries(node, ref)
         job = _Ingest(node, progress)
-        limit = node.settings.pack_below
         try:
             job.small(begun)
-            for f in scan.files:
-                if f.size >= limit:
-                    job.large(f, prior.get(f.path))
+            for f in begun.large:
+                job.large(f, prior.get(f.path))
             job.sink.flush()
         except BaseException:
             job.sink.abort()

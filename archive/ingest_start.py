@@ -37,9 +37,10 @@ class StartedIngest:
     """
 
     scan: ScanResult
-    small: list[SourceFile]
-    """Files below ``pack_below``, in groups of ``GROUP_FILES``: :attr:`groups`."""
     groups: list[list[SourceFile]]
+    """The files below ``pack_below``, in groups of ``GROUP_FILES``."""
+    large: list[SourceFile]
+    """The other files, in the order of the scan."""
     ahead: EncodeAhead[list[SourceFile]] | None
     """The groups being encoded in worker processes; None with too few files, or
     when no process can start here (threads do the work then)."""
@@ -66,6 +67,7 @@ def begin_ingest(root: Path, settings: Settings) -> StartedIngest:
     began = time.perf_counter()
     scan = scan_tree(root)
     small = [f for f in scan.files if f.size < settings.pack_below]
+    large = [f for f in scan.files if f.size >= settings.pack_below]
     # Groups: one task per tiny file spends more time handing work around than
     # reading, hashing and compressing the file.
     groups = [small[i : i + GROUP_FILES] for i in range(0, len(small), GROUP_FILES)]
@@ -82,4 +84,4 @@ def begin_ingest(root: Path, settings: Settings) -> StartedIngest:
             except BaseException:
                 pool.close()
                 raise
-    return StartedIngest(scan, small, groups, ahead, began)
+    return StartedIngest(scan, groups, large, ahead, began)
