@@ -15,11 +15,11 @@ import pytest
 from archive.cli_catalog import DEFAULT_GRACE_HOURS
 from archive.config import Settings
 from archive.gc import DEFAULT_GRACE
+from tests.support.imports import CATALOG_MODULES
 from tests.support.server import serve
 from web.app import create_app
 
 TOKEN = "s3cret-token"
-CATALOG_MODULES = ("sqlalchemy", "sqlmodel", "archive.catalog")
 
 # As the console script does (``from archive.cli import main``: the import registers the
 # plugins of the ``permafrost.cli`` entry points), then which catalog modules got loaded.

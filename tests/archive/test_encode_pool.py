@@ -31,6 +31,7 @@ from archive.ingest import ingest_tree
 from archive.ingest_start import GROUP_FILES, PROCESSES_FROM, begin_ingest
 from archive.node import ArchiveNode
 from archive.refs import parse_ref
+from tests.support.imports import CATALOG_MODULES
 
 FILES = PROCESSES_FROM + 200
 
@@ -221,7 +222,7 @@ def test_read_ahead_raises_a_dead_worker_after_the_groups_before_it(tmp_path: Pa
 
 
 # As the CLI does: begin the ingest, and see what is encoded before the catalog loads.
-BEGIN_WITHOUT_CATALOG = """
+BEGIN_WITHOUT_CATALOG = f"""
 import json, sys
 from pathlib import Path
 from archive.config import Settings
@@ -229,12 +230,12 @@ from archive.ingest_start import begin_ingest
 with begin_ingest(Path(sys.argv[1]), Settings(data_dir=Path(sys.argv[2]))) as begun:
     assert begun.ahead is not None
     group, encoded = next(iter(begun.ahead))
-    print(json.dumps({
-        "loaded": [m for m in ("sqlalchemy", "sqlmodel", "archive.catalog") if m in sys.modules],
+    print(json.dumps({{
+        "loaded": [m for m in {CATALOG_MODULES!r} if m in sys.modules],
         "files": [f.abspath for f in group],
         "b3": [digests[0] for digests, _ in encoded],
         "groups": len(begun.groups),
-    }))
+    }}))
 """
 
 
